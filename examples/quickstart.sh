@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Quick start: ./examples/quickstart.sh
+# Builds portcullis, starts the mock wallet upstream (examples/mock_wallet.rs) on
+# 127.0.0.1:3000 and the sidecar on 127.0.0.1:8080 with config/portcullis.yaml, shows one
+# request allowed and some denied, then keeps both running until Ctrl-C.
+# QUICKSTART_EXIT=1 stops after the demo (used by CI to keep this script true).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need cmake || ! need curl; then
+  echo "==> installing build tools (cmake, curl)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq cmake curl >/dev/null
+fi
+
+echo "==> building (the first build of pingora takes a few minutes)"
+cargo build --quiet --bin portcullis --example mock_wallet
+
+BIN=target/debug/portcullis
+"$BIN" check --config config/portcullis.yaml
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT INT TERM
+
+target/debug/examples/mock_wallet 127.0.0.1:3000 >/tmp/portcullis-mock-wallet.log 2>&1 &
+pids+=($!)
+"$BIN" serve --config config/portcullis.yaml >/tmp/portcullis-audit.log 2>&1 &
+pids+=($!)
+
+for _ in $(seq 1 50); do
+  curl -s -o /dev/null http://127.0.0.1:8080/v1/status && break
+  sleep 0.2
+done
+
+show() {
+  echo
+  echo "\$ $*"
+  "$@" -s -w '\n-> HTTP %{http_code}\n' || true
+}
+echo
+echo "==> allowed: alice's example key reads balances of vault v-123"
+show curl -H 'x-api-key: example-wallets-key-not-secret' http://127.0.0.1:8080/v1/vaults/v-123/balances
+echo
+echo "==> denied: no credential (401)"
+show curl http://127.0.0.1:8080/v1/vaults/v-123/balances
+echo
+echo "==> denied: a key scoped to vault v-123 asks for vault v-999 (403)"
+show curl -H 'x-api-key: example-vault-reader-key-not-secret' http://127.0.0.1:8080/v1/vaults/v-999/balances
+echo
+echo "==> denied: a path traversal attempt (400)"
+show curl --path-as-is -H 'x-api-key: example-wallets-key-not-secret' 'http://127.0.0.1:8080/v1/vaults/v-123/../../admin'
+echo
+echo "Audit log: /tmp/portcullis-audit.log"
+if [ "${QUICKSTART_EXIT:-0}" = "1" ]; then exit 0; fi
+echo "portcullis listens on 127.0.0.1:8080 (upstream: mock wallet on 127.0.0.1:3000). Ctrl-C stops both."
+wait

@@ -1,0 +1,2 @@
+//! Command-line subcommands other than `serve`.
+pub mod check;

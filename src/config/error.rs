@@ -1,0 +1,155 @@
+//! Config errors that name the file, and the line and column where known.
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem in one config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            column: None,
+            message: message.into(),
+        }
+    }
+
+    /// From a serde_yaml error, keeping its line and column.
+    pub fn from_yaml(file: &Path, e: &serde_yaml::Error) -> Self {
+        let mut msg = e.to_string();
+        if let Some(i) = msg.rfind(" at line ") {
+            msg.truncate(i);
+        }
+        let loc = e.location();
+        ConfigError {
+            file: file.to_path_buf(),
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+            message: msg,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+            if let Some(c) = self.column {
+                write!(f, ":{c}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in one load; a load either succeeds whole or reports all of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Finds the line of a YAML `key: value` pair in a file's text, so that validation errors
+/// (which serde cannot place) still name a line. Best effort: `None` when not found.
+pub struct Locator<'a> {
+    text: &'a str,
+}
+
+impl<'a> Locator<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Locator { text }
+    }
+
+    /// 1-based line of the `nth` (0-based) line that reads `key: value`
+    /// (optionally after `- `, value optionally quoted).
+    pub fn pair(&self, key: &str, value: &str, nth: usize) -> Option<usize> {
+        self.text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| {
+                let t = l.trim_start();
+                let t = t.strip_prefix("- ").map(str::trim_start).unwrap_or(t);
+                match t.strip_prefix(key).and_then(|r| r.strip_prefix(':')) {
+                    Some(rest) => {
+                        let v = strip_comment(rest).trim();
+                        unquote(v) == value
+                    }
+                    None => false,
+                }
+            })
+            .nth(nth)
+            .map(|(i, _)| i + 1)
+    }
+
+    /// 1-based line of the first line at or after `from` (1-based) containing `needle`.
+    pub fn contains_after(&self, from: Option<usize>, needle: &str) -> Option<usize> {
+        let start = from.unwrap_or(1).saturating_sub(1);
+        self.text
+            .lines()
+            .enumerate()
+            .skip(start)
+            .find(|(_, l)| l.contains(needle))
+            .map(|(i, _)| i + 1)
+            .or(from)
+    }
+
+    /// 1-based line of the top-level `key:`.
+    pub fn top_key(&self, key: &str) -> Option<usize> {
+        self.text
+            .lines()
+            .position(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))
+            .map(|i| i + 1)
+    }
+}
+
+fn strip_comment(s: &str) -> &str {
+    match s.find(" #") {
+        Some(i) => &s[..i],
+        None => s,
+    }
+}
+
+fn unquote(v: &str) -> &str {
+    let b = v.as_bytes();
+    if b.len() >= 2 && (b[0] == b'"' || b[0] == b'\'') && b[b.len() - 1] == b[0] {
+        &v[1..v.len() - 1]
+    } else {
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_pairs() {
+        let text = "api_keys:\n  - name: a\n    key_hash: x\n  - name: \"b\" # c\n  - name: a\n";
+        let loc = Locator::new(text);
+        assert_eq!(loc.pair("name", "a", 0), Some(2));
+        assert_eq!(loc.pair("name", "a", 1), Some(5));
+        assert_eq!(loc.pair("name", "b", 0), Some(4));
+        assert_eq!(loc.pair("name", "zz", 0), None);
+        assert_eq!(loc.contains_after(Some(2), "key_hash"), Some(3));
+        assert_eq!(loc.top_key("api_keys"), Some(1));
+    }
+}

@@ -1,0 +1,90 @@
+//! Config: files → raw structs (serde) → validation → one immutable [`Snapshot`],
+//! published through [`Shared`] (an `ArcSwap`) and swapped whole on reload.
+pub mod error;
+pub mod raw;
+pub mod snapshot;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+
+pub use error::{ConfigError, ConfigErrors};
+pub use snapshot::*;
+
+/// The running config: one pointer, swapped atomically.
+pub type Shared = Arc<ArcSwap<Snapshot>>;
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, None, format!("cannot read: {e}")))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    if text.trim().is_empty() {
+        return Err(ConfigError::new(path, None, "file is empty"));
+    }
+    serde_yaml::from_str(text).map_err(|e| ConfigError::from_yaml(path, &e))
+}
+
+/// Reads, parses and validates the main config at `path` and every file it names.
+/// `now` (unix seconds) judges expiry warnings. Returns every error found, or the snapshot.
+pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
+    let main_text = read(path).map_err(|e| ConfigErrors(vec![e]))?;
+    let raw: raw::MainRaw = parse(path, &main_text).map_err(|e| ConfigErrors(vec![e]))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut sink = validate::Sink::new(path, &main_text);
+    let settings = validate::settings(&raw, &base, &mut sink);
+    let routes = validate::routes(&raw.routes, &mut sink);
+    let tokens = raw.tokens.as_ref().map(|t| validate::tokens(t, &base, &mut sink));
+    if routes.routes.is_empty() && raw.routes.is_empty() {
+        warnings.push("no routes are configured: every request is denied".to_string());
+    }
+    errors.append(&mut sink.errors);
+
+    let cred_path = validate::credentials_path(&raw, &base);
+    let env = settings.as_ref().map_or(Environment::Sandbox, |s| s.environment);
+    let mut hasher = Sha256::new();
+    hasher.update(main_text.as_bytes());
+    let credentials = match read(&cred_path).and_then(|t| {
+        parse::<raw::CredentialsRaw>(&cred_path, &t).map(|r| (t, r))
+    }) {
+        Ok((text, cred_raw)) => {
+            hasher.update(text.as_bytes());
+            let mut sink = validate::Sink::new(&cred_path, &text);
+            let store = validate::credentials(&cred_raw, env, now, &mut sink, &mut warnings);
+            errors.append(&mut sink.errors);
+            store
+        }
+        Err(e) => {
+            errors.push(e);
+            CredentialStore::default()
+        }
+    };
+    match settings {
+        Some(settings) if errors.is_empty() => Ok(Snapshot {
+            settings,
+            routes,
+            credentials,
+            tokens,
+            warnings,
+            files: vec![path.to_path_buf(), cred_path],
+            content_hash: hex::encode(hasher.finalize()),
+        }),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Now, as unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,150 @@
+//! Serde mirrors of the YAML files: no logic, unknown fields are errors.
+use serde::Deserialize;
+
+/// `portcullis.yaml` (SPEC §3).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MainRaw {
+    pub listen: String,
+    pub upstream: String,
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+    #[serde(default)]
+    pub shutdown_grace: Option<u64>,
+    /// Seconds to wait for the upstream's response (default 30); 504 after.
+    #[serde(default)]
+    pub upstream_timeout: Option<f64>,
+    /// Seconds to wait for a TCP connection to the upstream (default 5); 502 after.
+    #[serde(default)]
+    pub upstream_connect_timeout: Option<f64>,
+    #[serde(default)]
+    pub tokens: Option<TokensRaw>,
+    #[serde(default)]
+    pub routes: Vec<RouteRaw>,
+}
+
+/// The `tokens` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensRaw {
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub lifetime: Option<u64>,
+    #[serde(default)]
+    pub signing_key: Option<String>,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub client_id_prefix: Option<String>,
+    #[serde(default)]
+    pub leeway: Option<u64>,
+    #[serde(default)]
+    pub revoke_on_disable: Option<bool>,
+    #[serde(default)]
+    pub external_issuers: Vec<ExternalIssuerRaw>,
+}
+
+/// One entry of `tokens.external_issuers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalIssuerRaw {
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub permissions_claim: Option<String>,
+}
+
+/// One entry of `routes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRaw {
+    #[serde(rename = "match")]
+    pub match_: String,
+    #[serde(default)]
+    pub require: Option<String>,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub vault_param: Option<String>,
+    #[serde(default)]
+    pub key_param: Option<String>,
+}
+
+/// The credentials file (SPEC §4).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsRaw {
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub users: Vec<UserRaw>,
+    #[serde(default)]
+    pub clients: Vec<ClientRaw>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyRaw>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRaw {
+    pub name: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRaw {
+    pub id: String,
+    pub secret_hash: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    #[serde(default)]
+    pub allowed_ips: Option<Vec<String>>,
+    pub expires: String,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyRaw {
+    pub name: String,
+    pub key_hash: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    #[serde(default)]
+    pub allowed_ips: Option<Vec<String>>,
+    pub expires: String,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub notes: Option<String>,
+}

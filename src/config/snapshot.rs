@@ -1,0 +1,210 @@
+//! The validated, immutable model a request reads: built once per load, never mutated.
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::permission::{Permission, Requirement, Target};
+
+/// `environment:` of the main config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Sandbox,
+    Production,
+}
+
+/// Settings from the main config file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub admin_listen: String,
+    /// The protected API, resolved at load time.
+    pub upstream: SocketAddr,
+    /// As written in config (`host:port`), for messages.
+    pub upstream_text: String,
+    pub environment: Environment,
+    pub trusted_proxies: Vec<IpNet>,
+    pub shutdown_grace: u64,
+    pub upstream_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+}
+
+impl Settings {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Token issuing and validation settings (`tokens:`).
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub lifetime: u64,
+    pub signing_key: Option<PathBuf>,
+    pub endpoint: String,
+    pub client_id_prefix: String,
+    pub leeway: u64,
+    pub revoke_on_disable: bool,
+}
+
+/// Which kind of credential authenticated a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialKind {
+    Client,
+    ApiKey,
+    External,
+}
+
+impl CredentialKind {
+    /// The value of `x-auth-credential-type` and of the audit log's `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Client => "client",
+            CredentialKind::ApiKey => "api_key",
+            CredentialKind::External => "external",
+        }
+    }
+}
+
+/// How an OAuth client's secret is stored.
+#[derive(Debug, Clone)]
+pub enum SecretHash {
+    /// A `$argon2id$` PHC string.
+    Argon2(String),
+    /// `sha256:<hex>`.
+    Sha256([u8; 32]),
+}
+
+/// One client or API key, with its effective permissions computed at load.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub id: Arc<str>,
+    pub kind: CredentialKind,
+    /// The linked user, for API keys.
+    pub user: Option<Arc<str>>,
+    /// The linked user does not exist: the key is rejected (fail closed).
+    pub user_missing: bool,
+    pub roles: Vec<String>,
+    /// Union of roles', own and (for user-linked keys) the user's permissions.
+    pub grants: Arc<[Permission]>,
+    /// `None` = any address.
+    pub allowed_ips: Option<Vec<IpNet>>,
+    /// Unix seconds; valid while `now < expires_at`.
+    pub expires_at: i64,
+    /// As written in config.
+    pub expires_text: String,
+    pub disabled: bool,
+    pub description: Option<String>,
+    pub notes: Option<String>,
+    /// Clients only.
+    pub secret: Option<SecretHash>,
+}
+
+impl Credential {
+    pub fn is_expired(&self, now: i64) -> bool {
+        now >= self.expires_at
+    }
+
+    /// Whether `ip` may use this credential.
+    pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        match &self.allowed_ips {
+            None => true,
+            Some(nets) => nets.iter().any(|n| n.contains(&ip)),
+        }
+    }
+}
+
+/// All credentials, indexed for O(1) lookup.
+#[derive(Debug, Default, Clone)]
+pub struct CredentialStore {
+    pub by_key_hash: HashMap<[u8; 32], Arc<Credential>>,
+    pub clients: HashMap<Arc<str>, Arc<Credential>>,
+    /// Every credential in file order (clients, then keys).
+    pub all: Vec<Arc<Credential>>,
+    pub users: Vec<String>,
+    pub custom_roles: Vec<String>,
+}
+
+/// One compiled route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The `match` text, e.g. `GET /v1/vaults/{vault_id}/balances`: the metric and audit label.
+    pub id: Arc<str>,
+    /// `None` = any method (`*`).
+    pub method: Option<http::Method>,
+    pub template: String,
+    pub public: bool,
+    pub require: Option<Requirement>,
+    pub vault_param: String,
+    pub key_param: String,
+}
+
+/// A matched route with its target ids, percent-decoded.
+#[derive(Debug, Clone)]
+pub struct RouteMatch<'a> {
+    pub route: &'a Route,
+    pub vault: Option<String>,
+    pub key: Option<String>,
+}
+
+impl RouteMatch<'_> {
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            vault: self.vault.as_deref(),
+            key: self.key.as_deref(),
+        }
+    }
+}
+
+/// Routes compiled into radix trees, one per method plus one for `*`.
+#[derive(Debug, Default, Clone)]
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+    pub by_method: HashMap<http::Method, matchit::Router<usize>>,
+    pub any_method: matchit::Router<usize>,
+}
+
+impl RouteTable {
+    /// The route for `method` and `path` (no query), method-specific routes first.
+    /// `None` when no route matches, or a target id does not decode to UTF-8.
+    pub fn lookup(&self, method: &http::Method, path: &str) -> Option<RouteMatch<'_>> {
+        let found = self
+            .by_method
+            .get(method)
+            .and_then(|r| r.at(path).ok())
+            .or_else(|| self.any_method.at(path).ok())?;
+        let route = self.routes.get(*found.value)?;
+        let decode = |name: &str| -> Result<Option<String>, ()> {
+            match found.params.get(name) {
+                None => Ok(None),
+                Some(raw) => percent_encoding::percent_decode_str(raw)
+                    .decode_utf8()
+                    .map(|c| Some(c.into_owned()))
+                    .map_err(|_| ()),
+            }
+        };
+        let vault = decode(&route.vault_param).ok()?;
+        let key = decode(&route.key_param).ok()?;
+        Some(RouteMatch { route, vault, key })
+    }
+}
+
+/// The whole validated configuration. Requests read one snapshot from start to end.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub settings: Settings,
+    pub routes: RouteTable,
+    pub credentials: CredentialStore,
+    pub tokens: Option<TokenSettings>,
+    /// Things `check` reports that do not stop the load.
+    pub warnings: Vec<String>,
+    /// The files this snapshot was read from (for the watcher).
+    pub files: Vec<PathBuf>,
+    /// SHA-256 (hex) over the bytes of every file read.
+    pub content_hash: String,
+}

@@ -1,0 +1,16 @@
+//! portcullis: an authentication and authorization sidecar for HTTP APIs, built on pingora.
+//!
+//! A request flows one way through small stages (see `pipeline`), each a plain function
+//! over plain inputs; configuration is parsed and validated once into an immutable
+//! [`config::Snapshot`] that is published through `ArcSwap` and read once per request.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod cli;
+pub mod config;
+pub mod permission;
+pub mod pipeline;
+pub mod proxy;
+pub mod rejection;
+pub mod telemetry;
+pub mod token;

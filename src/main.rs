@@ -1,0 +1,92 @@
+//! The `portcullis` binary: `serve` and `check`.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use clap::{Parser, Subcommand};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+
+use portcullis::config;
+use portcullis::proxy::Portcullis;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "Authentication and authorization sidecar for HTTP APIs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Serve {
+        /// The main config file (portcullis.yaml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the config and every file it names; print a summary and warnings.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config, strict } => {
+            let code = portcullis::cli::check::run(&config, strict, &mut std::io::stdout());
+            ExitCode::from(code as u8)
+        }
+        Command::Serve { config } => serve(config),
+    }
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    portcullis::telemetry::init_logging();
+    let snap = match config::load(&path, config::unix_now()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("portcullis: cannot start: the config is not valid\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &snap.warnings {
+        tracing::warn!(warning = %w, "config warning");
+    }
+    let listen = snap.settings.listen.clone();
+    let grace = snap.settings.shutdown_grace;
+    tracing::info!(
+        listen = %listen,
+        upstream = %snap.settings.upstream_text,
+        routes = snap.routes.routes.len(),
+        credentials = snap.credentials.all.len(),
+        "portcullis starting"
+    );
+    let shared: config::Shared = Arc::new(ArcSwap::from_pointee(snap));
+
+    let conf = ServerConf {
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Portcullis { config: shared },
+        "portcullis proxy",
+    );
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+    server.run_forever();
+}

@@ -1,0 +1,120 @@
+//! The decision for one request, as plain functions over plain inputs:
+//! sanity → route → credential → authentication → allowlist → permission → [`Permit`].
+pub mod authn;
+pub mod client_ip;
+pub mod rewrite;
+pub mod sanity;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use authn::Identity;
+use http::{HeaderMap, Method};
+
+use crate::config::Snapshot;
+use crate::permission::any_grants;
+use crate::rejection::{Reason, Rejection};
+
+/// Proof that a request may be forwarded; only [`decide`] makes one.
+#[derive(Debug, Clone)]
+pub struct Permit {
+    /// The route template (`None` never happens for a forwarded request today, but the
+    /// rewrite does not depend on it).
+    pub route: Option<Arc<str>>,
+    /// `None` for a public route.
+    pub identity: Option<Identity>,
+    pub client_ip: IpAddr,
+    _sealed: (),
+}
+
+/// The request as the pipeline sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    /// The raw request-target, exactly as received.
+    pub target: &'a [u8],
+    pub headers: &'a HeaderMap,
+    /// The TCP peer.
+    pub peer: IpAddr,
+}
+
+/// What was decided, and what was learned on the way (for the audit log and metrics).
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub result: Result<Permit, Rejection>,
+    pub route: Option<Arc<str>>,
+    pub client_ip: Option<IpAddr>,
+    pub identity: Option<Identity>,
+}
+
+impl Decision {
+    fn deny(rej: Rejection, route: Option<Arc<str>>, client_ip: Option<IpAddr>, identity: Option<Identity>) -> Self {
+        Decision { result: Err(rej), route, client_ip, identity }
+    }
+}
+
+/// Decides one request against one snapshot at `now` (unix seconds), in SPEC §5 order.
+pub fn decide(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision {
+    let path = match sanity::check_target(req.target) {
+        Ok(p) => p,
+        Err(r) => return Decision::deny(r, None, None, None),
+    };
+    let presented = match sanity::check_headers(req.headers) {
+        Ok(p) => p,
+        Err(r) => return Decision::deny(r, None, None, None),
+    };
+    let xff = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>();
+    let client_ip = client_ip::client_ip(req.peer, xff.into_iter(), &snap.settings);
+    let matched = snap.routes.lookup(req.method, path);
+    let route_id = matched.as_ref().map(|m| m.route.id.clone());
+    if let Some(m) = &matched {
+        if m.route.public {
+            return Decision {
+                result: Ok(Permit { route: route_id.clone(), identity: None, client_ip, _sealed: () }),
+                route: route_id,
+                client_ip: Some(client_ip),
+                identity: None,
+            };
+        }
+    }
+    let identity = match authn::authenticate(snap, presented, now) {
+        Ok(i) => i,
+        Err(r) => return Decision::deny(r, route_id, Some(client_ip), None),
+    };
+    if !identity.allows_ip(client_ip) {
+        let r = Rejection::new(
+            Reason::IpNotAllowed,
+            format!("credential {:?} may not be used from {client_ip}", identity.credential),
+        );
+        return Decision::deny(r, route_id, Some(client_ip), Some(identity));
+    }
+    let Some(m) = matched else {
+        let r = Rejection::new(Reason::RouteNotAllowed, format!("no route for {} {path}", req.method));
+        return Decision::deny(r, None, Some(client_ip), Some(identity));
+    };
+    if let Some(need) = &m.route.require {
+        if !any_grants(&identity.grants, need, &m.target()) {
+            let r = Rejection::new(
+                Reason::InsufficientScope,
+                format!("credential {:?} lacks {need} for this route", identity.credential),
+            );
+            return Decision::deny(r, route_id, Some(client_ip), Some(identity));
+        }
+    }
+    Decision {
+        result: Ok(Permit {
+            route: route_id.clone(),
+            identity: Some(identity.clone()),
+            client_ip,
+            _sealed: (),
+        }),
+        route: route_id,
+        client_ip: Some(client_ip),
+        identity: Some(identity),
+    }
+}

@@ -1,0 +1,133 @@
+//! The upstream request rewrite (SPEC §5 step 8): strip credentials and every caller-sent
+//! identity header, add ours. Takes a [`Permit`], so an unauthorized request cannot reach it.
+use std::net::IpAddr;
+
+use pingora::http::RequestHeader;
+
+use super::Permit;
+
+/// Whether `name` (lower-case) is an identity header once `_` and `.` read as `-`.
+pub fn is_identity_header(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() >= 7
+        && b[..7]
+            .iter()
+            .map(|c| match c.to_ascii_lowercase() {
+                b'_' | b'.' => b'-',
+                other => other,
+            })
+            .eq(b"x-auth-".iter().copied())
+}
+
+/// Headers a caller may never make us drop by naming them in `Connection`.
+const KEEP: [&str; 3] = ["host", "content-length", "transfer-encoding"];
+
+/// Rewrites `req` for the upstream. Returns the names of caller-sent headers it removed
+/// (for a debug note), never their values.
+pub fn rewrite(req: &mut RequestHeader, permit: &Permit, request_id: &str, peer: IpAddr) -> Vec<String> {
+    let mut remove: Vec<String> = Vec::new();
+    let mut upgrade = false;
+    for v in req.headers.get_all(http::header::CONNECTION).iter() {
+        for tok in v.to_str().unwrap_or("").split(',') {
+            let t = tok.trim().to_ascii_lowercase();
+            if t == "upgrade" {
+                upgrade = true;
+            } else if !t.is_empty() && !KEEP.contains(&t.as_str()) {
+                remove.push(t);
+            }
+        }
+    }
+    for name in req.headers.keys() {
+        let n = name.as_str();
+        if is_identity_header(n) {
+            remove.push(n.to_string());
+        }
+    }
+    remove.push("authorization".into());
+    remove.push("x-api-key".into());
+    remove.push("connection".into());
+    let mut stripped = Vec::new();
+    for name in remove {
+        if req.remove_header(name.as_str()).is_some() {
+            stripped.push(name);
+        }
+    }
+    if upgrade {
+        let _ = req.insert_header("connection", "upgrade");
+    }
+    let xff: Vec<String> = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let peer_s = peer.to_canonical().to_string();
+    let xff = if xff.is_empty() { peer_s } else { format!("{}, {peer_s}", xff.join(", ")) };
+    let _ = req.insert_header("x-forwarded-for", xff);
+    if let Some(id) = &permit.identity {
+        let _ = req.insert_header("x-auth-credential", id.credential.as_ref());
+        let _ = req.insert_header("x-auth-credential-type", id.kind.as_str());
+        if let Some(u) = &id.user {
+            let _ = req.insert_header("x-auth-user", u.as_ref());
+        }
+    }
+    let _ = req.insert_header("x-auth-client-ip", permit.client_ip.to_string());
+    let _ = req.insert_header("x-auth-request-id", request_id);
+    stripped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_header_spellings() {
+        for n in ["x-auth-user", "x_auth_user", "x.auth.user", "X-Auth-Credential", "x-auth-"] {
+            assert!(is_identity_header(n), "{n}");
+        }
+        for n in ["x-authorization", "x-auth", "authorization", "x-api-key", "xauth-user"] {
+            assert!(!is_identity_header(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn strips_and_adds() {
+        let mut req = RequestHeader::build("GET", b"/v1/x", None).unwrap();
+        for (k, v) in [
+            ("x-api-key", "secret"),
+            ("x-auth-credential", "forged"),
+            ("x_auth_user", "forged"),
+            ("x.auth.thing", "forged"),
+            ("connection", "x-hop, keep-alive, host"),
+            ("x-hop", "1"),
+            ("x-forwarded-for", "203.0.113.1"),
+            ("host", "api"),
+        ] {
+            req.append_header(k, v).unwrap();
+        }
+        let permit = Permit {
+            route: None,
+            identity: Some(super::super::authn::Identity {
+                credential: "k".into(),
+                kind: crate::config::CredentialKind::ApiKey,
+                user: Some("alice".into()),
+                grants: std::sync::Arc::from(vec![]),
+                allowed_ips: None,
+            }),
+            client_ip: "198.51.100.2".parse().unwrap(),
+            _sealed: (),
+        };
+        rewrite(&mut req, &permit, "rid", "127.0.0.1".parse().unwrap());
+        let h = &req.headers;
+        assert!(h.get("x-api-key").is_none());
+        assert!(h.get("x_auth_user").is_none());
+        assert!(h.get("x.auth.thing").is_none());
+        assert!(h.get("x-hop").is_none());
+        assert!(h.get("connection").is_none());
+        assert_eq!(h.get("host").unwrap(), "api");
+        assert_eq!(h.get("x-auth-credential").unwrap(), "k");
+        assert_eq!(h.get("x-auth-user").unwrap(), "alice");
+        assert_eq!(h.get("x-auth-client-ip").unwrap(), "198.51.100.2");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.1, 127.0.0.1");
+    }
+}

@@ -1,0 +1,204 @@
+//! Request sanity (SPEC §5 step 2): the target and the headers, before anything else.
+//! The path is checked exactly as it will be forwarded; nothing is rewritten.
+use http::HeaderMap;
+
+use crate::rejection::{Reason, Rejection};
+
+fn bad(msg: &str) -> Rejection {
+    Rejection::new(Reason::InvalidRequest, msg)
+}
+
+fn hexval(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Checks a request-target and returns its path (without the query).
+///
+/// Rejected: anything but origin-form; raw bytes outside visible ASCII; `#`; a backslash;
+/// dot segments and empty segments; bad percent-escapes; encoded `/`, `\`, `.` and NUL.
+pub fn check_target(target: &[u8]) -> Result<&str, Rejection> {
+    if target.first() != Some(&b'/') {
+        return Err(bad("the request target must be a path (origin-form)"));
+    }
+    if let Some(b) = target.iter().find(|b| !b.is_ascii_graphic()) {
+        return Err(if *b == b' ' || b.is_ascii_control() {
+            bad("the request target contains a control character or space")
+        } else {
+            bad("the request target contains a non-ASCII byte")
+        });
+    }
+    if target.contains(&b'#') {
+        return Err(bad("the request target contains a fragment"));
+    }
+    let path_end = target.iter().position(|b| *b == b'?').unwrap_or(target.len());
+    let path = &target[..path_end];
+    if path.contains(&b'\\') {
+        return Err(bad("the path contains a backslash"));
+    }
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%' {
+            let (Some(h), Some(l)) = (
+                path.get(i + 1).copied().and_then(hexval),
+                path.get(i + 2).copied().and_then(hexval),
+            ) else {
+                return Err(bad("the path has a malformed percent-escape"));
+            };
+            match h * 16 + l {
+                0 => return Err(bad("the path contains an encoded NUL")),
+                b'/' => return Err(bad("the path contains an encoded slash")),
+                b'\\' => return Err(bad("the path contains an encoded backslash")),
+                b'.' => return Err(bad("the path contains an encoded dot")),
+                _ => {}
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    // Segments after the leading '/'. A trailing '/' is allowed; '//' anywhere is not.
+    let rest = &path[1..];
+    let segs: Vec<&[u8]> = rest.split(|b| *b == b'/').collect();
+    for (n, seg) in segs.iter().enumerate() {
+        if *seg == b"." || *seg == b".." {
+            return Err(bad("the path contains a dot segment"));
+        }
+        if seg.is_empty() && n + 1 < segs.len() {
+            return Err(bad("the path contains an empty segment"));
+        }
+    }
+    // All bytes are visible ASCII, so this cannot fail.
+    std::str::from_utf8(path).map_err(|_| bad("the path is not valid"))
+}
+
+/// Headers that ask a server to treat a request as another method.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] =
+    ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// A credential as presented, not yet checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    None,
+    Bearer(&'a str),
+    ApiKey(&'a str),
+    /// An `Authorization` header of another scheme, or not valid text.
+    BadAuthorization,
+    /// An `x-api-key` that is not valid text.
+    BadApiKey,
+}
+
+/// Checks the headers and extracts the presented credential: at most one `Authorization`
+/// or `x-api-key`, never both, no method-override headers.
+pub fn check_headers(headers: &HeaderMap) -> Result<Presented<'_>, Rejection> {
+    for h in METHOD_OVERRIDE_HEADERS {
+        if headers.contains_key(h) {
+            return Err(bad("method-override headers are not accepted"));
+        }
+    }
+    let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
+    let mut keys = headers.get_all("x-api-key").iter();
+    let (a1, a2) = (auth.next(), auth.next());
+    let (k1, k2) = (keys.next(), keys.next());
+    if a2.is_some() {
+        return Err(bad("more than one Authorization header"));
+    }
+    if k2.is_some() {
+        return Err(bad("more than one x-api-key header"));
+    }
+    match (a1, k1) {
+        (Some(_), Some(_)) => Err(bad("send either Authorization or x-api-key, not both")),
+        (None, None) => Ok(Presented::None),
+        (None, Some(k)) => Ok(match k.to_str() {
+            Ok(s) if !s.trim().is_empty() => Presented::ApiKey(s.trim()),
+            _ => Presented::BadApiKey,
+        }),
+        (Some(a), None) => Ok(match a.to_str() {
+            Ok(s) => match s.trim().split_once(' ') {
+                Some((scheme, tok)) if scheme.eq_ignore_ascii_case("bearer") && !tok.trim().is_empty() => {
+                    Presented::Bearer(tok.trim())
+                }
+                _ => Presented::BadAuthorization,
+            },
+            Err(_) => Presented::BadAuthorization,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn allows_ordinary_targets() {
+        for t in ["/", "/v1/vaults/v-1/balances", "/v1/x/", "/v1/a%20b?x=../y", "/a.b/c..d/.e", "/v1?q=%2F"] {
+            assert!(check_target(t.as_bytes()).is_ok(), "{t}");
+        }
+        assert_eq!(check_target(b"/v1/x?q=1").unwrap(), "/v1/x");
+    }
+
+    #[test]
+    fn denies_attack_targets() {
+        for t in [
+            "/v1/./x", "/v1/../x", "/..", "/.", "/v1/%2e%2e/x", "/v1/%2E/x", "/v1/.%2e/x",
+            "//v1/x", "/v1//x", "/v1/a%2fb", "/v1/a%2Fb", "/v1/a%5cb", "/v1/a\\b",
+            "/v1/a%00b", "/v1/a%zzb", "/v1/a%4", "/v1/a%", "http://evil.example/v1", "*",
+            "", "v1/x", "/v1/a#b", "/v1/\x01",
+        ] {
+            let e = check_target(t.as_bytes()).unwrap_err();
+            assert_eq!(e.reason, Reason::InvalidRequest, "{t}");
+        }
+        assert!(check_target(b"/caf\xc3\xa9").is_err());
+    }
+
+    fn hm(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn extracts_credentials() {
+        assert_eq!(check_headers(&hm(&[])).unwrap(), Presented::None);
+        assert_eq!(check_headers(&hm(&[("x-api-key", "k")])).unwrap(), Presented::ApiKey("k"));
+        assert_eq!(check_headers(&hm(&[("authorization", "bearer t")])).unwrap(), Presented::Bearer("t"));
+        assert_eq!(check_headers(&hm(&[("authorization", "Basic x")])).unwrap(), Presented::BadAuthorization);
+        assert_eq!(check_headers(&hm(&[("authorization", "Bearer")])).unwrap(), Presented::BadAuthorization);
+    }
+
+    #[test]
+    fn denies_ambiguous_credentials() {
+        for h in [
+            hm(&[("x-api-key", "a"), ("x-api-key", "b")]),
+            hm(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
+            hm(&[("authorization", "Bearer a"), ("x-api-key", "b")]),
+            hm(&[("x-http-method-override", "DELETE")]),
+            hm(&[("X-HTTP-Method", "DELETE")]),
+            hm(&[("x-method-override", "DELETE")]),
+        ] {
+            assert!(check_headers(&h).is_err(), "{h:?}");
+        }
+    }
+
+    proptest! {
+        /// Whatever passes has no dot segment, empty segment or encoded separator.
+        #[test]
+        fn accepted_paths_are_clean(s in "/[a-zA-Z0-9%./\\\\_-]{0,24}") {
+            if let Ok(p) = check_target(s.as_bytes()) {
+                let lower = p.to_ascii_lowercase();
+                prop_assert!(!lower.contains("%2e") && !lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%00"));
+                prop_assert!(!p.contains("//") && !p.contains('\\'));
+                for seg in p.split('/') {
+                    prop_assert!(seg != "." && seg != "..");
+                }
+            }
+        }
+    }
+}

@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::config::{unix_now, Shared, Snapshot};
-use crate::pipeline::{self, Decision, Permit, RequestView};
+use crate::pipeline::{self, client_ip, Decision, Permit, RequestView};
+use crate::token::endpoint::{self, Reply, Which};
 use crate::rejection::{Reason, Rejection};
 use crate::telemetry::{self, AuditRecord};
 
@@ -27,6 +28,10 @@ pub struct Ctx {
     /// A denial or failure already answered (for the audit log).
     rejection: Option<Rejection>,
     upstream_start: Option<Instant>,
+    /// The sidecar's own endpoint answered, with the client or OAuth error code.
+    endpoint: Option<(Which, std::result::Result<String, &'static str>)>,
+    /// The client address, when computed outside `decide` (token endpoint).
+    client_ip: Option<IpAddr>,
 }
 
 /// A random 128-bit request id, as 32 hex digits.
@@ -59,6 +64,89 @@ async fn respond(session: &mut Session, rej: &Rejection, request_id: &str) -> Re
     Ok(())
 }
 
+/// Writes one of the sidecar's own answers (token endpoint, JWKS, metadata).
+async fn respond_reply(session: &mut Session, reply: &Reply, request_id: &str) -> Result<()> {
+    let mut resp = ResponseHeader::build(reply.status, Some(6))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", reply.body.len().to_string())?;
+    resp.insert_header("x-request-id", request_id)?;
+    if reply.no_store {
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header("pragma", "no-cache")?;
+    } else {
+        resp.insert_header("cache-control", "public, max-age=300")?;
+    }
+    if let Some(w) = &reply.www_authenticate {
+        resp.insert_header("www-authenticate", w.as_str())?;
+    }
+    if let Some(a) = reply.allow {
+        resp.insert_header("allow", a)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(reply.body.clone()), true).await?;
+    Ok(())
+}
+
+impl Portcullis {
+    /// Answers the token endpoint, the JWKS or the metadata; never forwarded.
+    async fn own_endpoint(&self, session: &mut Session, ctx: &mut Ctx, which: Which, peer: IpAddr) -> Result<bool> {
+        let reply = match which {
+            Which::Jwks => ctx.snap.tokens.as_ref().map(endpoint::jwks),
+            Which::Metadata => ctx.snap.tokens.as_ref().map(endpoint::metadata),
+            Which::Token if session.req_header().method != http::Method::POST => {
+                session.set_keepalive(None);
+                Some(endpoint::method_not_allowed(&ctx.request_id))
+            }
+            Which::Token => Some(self.token_request(session, ctx, peer).await),
+        };
+        let Some(reply) = reply else {
+            return Error::e_explain(InternalError, "token settings vanished");
+        };
+        respond_reply(session, &reply, &ctx.request_id).await?;
+        ctx.endpoint = Some((which, reply.outcome));
+        Ok(true)
+    }
+
+    async fn token_request(&self, session: &mut Session, ctx: &mut Ctx, peer: IpAddr) -> Reply {
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > endpoint::MAX_BODY_BYTES {
+                        session.set_keepalive(None);
+                        return endpoint::OAuthError::too_large().reply(&ctx.request_id);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    session.set_keepalive(None);
+                    return endpoint::OAuthError::unreadable().reply(&ctx.request_id);
+                }
+            }
+        }
+        let req = session.req_header();
+        let headers = req.headers.clone();
+        let xff: Vec<String> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        let client_ip = client_ip::client_ip(peer, xff.iter().map(String::as_str), &ctx.snap.settings);
+        ctx.client_ip = Some(client_ip);
+        let snap = ctx.snap.clone();
+        let rid = ctx.request_id.clone();
+        // argon2 is deliberately slow: keep it off the proxy's async workers.
+        let job = tokio::task::spawn_blocking(move || {
+            endpoint::token(&snap, &headers, &body, client_ip, unix_now(), &rid)
+        });
+        match job.await {
+            Ok(r) => r,
+            Err(_) => endpoint::OAuthError::server_error().reply(&ctx.request_id),
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Portcullis {
     type CTX = Ctx;
@@ -71,12 +159,17 @@ impl ProxyHttp for Portcullis {
             decision: None,
             rejection: None,
             upstream_start: None,
+            endpoint: None,
+            client_ip: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let peer = peer_ip(session);
         let req = session.req_header();
+        if let Some(which) = endpoint::which(&ctx.snap, &req.method, req.raw_path()) {
+            return self.own_endpoint(session, ctx, which, peer).await;
+        }
         let view = RequestView {
             method: &req.method,
             target: req.raw_path(),
@@ -164,23 +257,34 @@ impl ProxyHttp for Portcullis {
         let path = String::from_utf8_lossy(&raw[..path_end]);
         let d = ctx.decision.as_ref();
         let identity = d.and_then(|d| d.identity.as_ref());
-        let outcome = match (&ctx.rejection, d.map(|d| d.result.is_ok())) {
-            (Some(r), _) if r.reason.status() >= 500 => "error",
-            (Some(_), _) => "denied",
-            (None, Some(true)) => "allowed",
+        let outcome = match (&ctx.endpoint, &ctx.rejection, d.map(|d| d.result.is_ok())) {
+            (Some((Which::Token, Ok(_))), _, _) => "token_issued",
+            (Some((Which::Token, Err(_))), _, _) => "token_refused",
+            (Some(_), _, _) => "served",
+            (None, Some(r), _) if r.reason.status() >= 500 => "error",
+            (None, Some(_), _) => "denied",
+            (None, None, Some(true)) => "allowed",
             _ => "error",
+        };
+        let token_client = match &ctx.endpoint {
+            Some((Which::Token, Ok(c))) => Some(c.as_str()),
+            _ => None,
+        };
+        let reason = match &ctx.endpoint {
+            Some((Which::Token, Err(code))) => Some(*code),
+            _ => ctx.rejection.as_ref().map(|r| r.reason.code()),
         };
         telemetry::audit(&AuditRecord {
             request_id: &ctx.request_id,
-            client_ip: d.and_then(|d| d.client_ip),
+            client_ip: d.and_then(|d| d.client_ip).or(ctx.client_ip),
             method: req.method.as_str(),
             path: &path,
             route: d.and_then(|d| d.route.as_deref()),
-            credential: identity.map(|i| i.credential.as_ref()),
-            credential_type: identity.map(|i| i.kind.as_str()),
+            credential: identity.map(|i| i.credential.as_ref()).or(token_client),
+            credential_type: identity.map(|i| i.kind.as_str()).or(token_client.map(|_| "client")),
             user: identity.and_then(|i| i.user.as_deref()),
             outcome,
-            reason: ctx.rejection.as_ref().map(|r| r.reason.code()),
+            reason,
             status,
             latency: ctx.start.elapsed(),
             upstream_latency: ctx.upstream_start.map(|t| t.elapsed()),

@@ -42,7 +42,8 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
     let mut sink = validate::Sink::new(path, &main_text);
     let settings = validate::settings(&raw, &base, &mut sink);
     let routes = validate::routes(&raw.routes, &mut sink);
-    let tokens = raw.tokens.as_ref().map(|t| validate::tokens(t, &base, &mut sink));
+    let mut extra_files = Vec::new();
+    let tokens = raw.tokens.as_ref().map(|t| validate::tokens(t, &base, &mut sink, &mut extra_files));
     if routes.routes.is_empty() && raw.routes.is_empty() {
         warnings.push("no routes are configured: every request is denied".to_string());
     }
@@ -67,6 +68,11 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
             CredentialStore::default()
         }
     };
+    for f in &extra_files {
+        if let Ok(bytes) = std::fs::read(f) {
+            hasher.update(&bytes);
+        }
+    }
     match settings {
         Some(settings) if errors.is_empty() => Ok(Snapshot {
             settings,
@@ -74,8 +80,9 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
             credentials,
             tokens,
             warnings,
-            files: vec![path.to_path_buf(), cred_path],
+            files: [vec![path.to_path_buf(), cred_path], extra_files].concat(),
             content_hash: hex::encode(hasher.finalize()),
+            token_cache: Default::default(),
         }),
         _ => Err(ConfigErrors(errors)),
     }

@@ -50,6 +50,9 @@ pub struct TokenSettings {
     pub client_id_prefix: String,
     pub leeway: u64,
     pub revoke_on_disable: bool,
+    /// Our signing key, loaded at config load; `None` = no token endpoint.
+    pub signer: Option<Arc<crate::token::keys::SigningKey>>,
+    pub external: Vec<crate::token::ExternalIssuer>,
 }
 
 /// Which kind of credential authenticated a request.
@@ -195,7 +198,7 @@ impl RouteTable {
 }
 
 /// The whole validated configuration. Requests read one snapshot from start to end.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Snapshot {
     pub settings: Settings,
     pub routes: RouteTable,
@@ -207,4 +210,6 @@ pub struct Snapshot {
     pub files: Vec<PathBuf>,
     /// SHA-256 (hex) over the bytes of every file read.
     pub content_hash: String,
+    /// Verified Bearer tokens; new (empty) with every snapshot.
+    pub token_cache: crate::token::cache::TokenCache,
 }

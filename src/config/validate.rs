@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate};
 use ipnet::IpNet;
 
 use super::error::{ConfigError, Locator};
-use super::raw::{ApiKeyRaw, ClientRaw, CredentialsRaw, MainRaw, RouteRaw, TokensRaw, UserRaw};
+use super::raw::{ApiKeyRaw, ClientRaw, CredentialsRaw, ExternalIssuerRaw, MainRaw, RouteRaw, TokensRaw, UserRaw};
 use super::snapshot::*;
 use crate::permission::{builtin_role, Permission, Requirement};
 
@@ -185,8 +185,9 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>) -> Option<Setti
     })
 }
 
-/// Validates `tokens:`.
-pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>) -> TokenSettings {
+/// Validates `tokens:`, loading the signing key and external issuers' key files.
+/// Every file read is pushed onto `files` (for the watcher and the content hash).
+pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec<PathBuf>) -> TokenSettings {
     let TokensRaw {
         issuer,
         audience,
@@ -196,27 +197,106 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>) -> TokenSetting
         client_id_prefix,
         leeway,
         revoke_on_disable,
-        external_issuers: _,
+        external_issuers,
     } = raw;
     let endpoint = endpoint.clone().unwrap_or_else(|| "/oauth/token".into());
-    if !endpoint.starts_with('/') || endpoint.contains('?') {
+    if !endpoint.starts_with('/') || endpoint.contains('?') || endpoint.starts_with("/.well-known/") {
         let line = sink.loc.pair("endpoint", &endpoint, 0);
-        sink.err(line, format!("tokens.endpoint {endpoint:?} must be a path starting with /"));
+        sink.err(line, format!("tokens.endpoint {endpoint:?} must be a path starting with / (not under /.well-known/)"));
     }
     let lifetime = lifetime.unwrap_or(3600);
     if lifetime == 0 || lifetime > 86_400 {
         let line = sink.loc.contains_after(None, "lifetime:");
         sink.err(line, "tokens.lifetime must be between 1 and 86400 seconds");
     }
+    let leeway = leeway.unwrap_or(30);
+    if leeway > 300 {
+        let line = sink.loc.contains_after(None, "leeway:");
+        sink.err(line, "tokens.leeway must be at most 300 seconds");
+    }
+    let prefix = client_id_prefix.clone().unwrap_or_default();
+    if !prefix.is_empty() && !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        let line = sink.loc.contains_after(None, "client_id_prefix:");
+        sink.err(line, "tokens.client_id_prefix may hold only letters, digits, '.', '_' and '-'");
+    }
+    let issuer = issuer.clone().unwrap_or_else(|| "portcullis".into());
+    let signer = signing_key.as_ref().and_then(|k| {
+        let path = base.join(k);
+        files.push(path.clone());
+        match std::fs::read_to_string(&path) {
+            Err(e) => {
+                sink.errors.push(ConfigError::new(&path, None, format!("cannot read the signing key: {e}")));
+                None
+            }
+            Ok(pem) => match crate::token::keys::load_signing_key(&pem) {
+                Ok(key) => Some(Arc::new(key)),
+                Err(e) => {
+                    sink.errors.push(ConfigError::new(&path, None, format!("signing key: {e}")));
+                    None
+                }
+            },
+        }
+    });
+    let mut external = Vec::new();
+    for ext in external_issuers {
+        let ExternalIssuerRaw { issuer: ext_iss, audience: ext_aud, jwks_file, jwks_url, permissions_claim } = ext;
+        let line = sink.loc.pair("issuer", ext_iss, 0).or_else(|| sink.loc.pair("- issuer", ext_iss, 0));
+        if *ext_iss == issuer {
+            sink.err(line, format!("external issuer {ext_iss:?} is the same as tokens.issuer"));
+            continue;
+        }
+        if external.iter().any(|e: &crate::token::ExternalIssuer| e.issuer == *ext_iss) {
+            sink.err(line, format!("external issuer {ext_iss:?} is listed twice"));
+            continue;
+        }
+        if jwks_file.is_none() && jwks_url.is_none() {
+            sink.err(line, format!("external issuer {ext_iss:?} needs jwks_file and/or jwks_url"));
+            continue;
+        }
+        let mut file_keys = Vec::new();
+        if let Some(f) = jwks_file {
+            let path = base.join(f);
+            files.push(path.clone());
+            match std::fs::read_to_string(&path).map_err(|e| format!("cannot read: {e}")).and_then(|t| crate::token::keys::parse_jwks(&t)) {
+                Ok((keys, skipped)) => {
+                    for s in skipped {
+                        sink.errors.push(ConfigError::new(&path, None, format!("JWKS: {s}")));
+                    }
+                    if keys.is_empty() {
+                        sink.errors.push(ConfigError::new(&path, None, "JWKS holds no usable key"));
+                    }
+                    file_keys = keys;
+                }
+                Err(e) => sink.errors.push(ConfigError::new(&path, None, format!("JWKS: {e}"))),
+            }
+        }
+        let remote = match jwks_url {
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => Some(crate::token::remote::register(u)),
+            Some(u) => {
+                sink.err(line, format!("jwks_url {u:?} must be an http(s) URL"));
+                None
+            }
+            None => None,
+        };
+        external.push(crate::token::ExternalIssuer {
+            issuer: ext_iss.clone(),
+            audience: ext_aud.clone(),
+            permissions_claim: permissions_claim.clone().unwrap_or_else(|| "scope".into()),
+            file_keys,
+            remote,
+        });
+    }
     TokenSettings {
-        issuer: issuer.clone().unwrap_or_else(|| "portcullis".into()),
+        issuer,
         audience: audience.clone().unwrap_or_else(|| "portcullis".into()),
         lifetime,
         signing_key: signing_key.as_ref().map(|k| base.join(k)),
         endpoint,
-        client_id_prefix: client_id_prefix.clone().unwrap_or_default(),
-        leeway: leeway.unwrap_or(30),
+        client_id_prefix: prefix,
+        leeway,
         revoke_on_disable: revoke_on_disable.unwrap_or(false),
+        signer,
+        external,
     }
 }
 

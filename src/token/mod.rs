@@ -1,9 +1,199 @@
-//! OAuth 2.0 access tokens: the token endpoint, JWKS, and Bearer verification.
-use crate::config::Snapshot;
+//! OAuth 2.0 access tokens: the token endpoint ([`endpoint`]), the published keys, and
+//! Bearer verification ([`authenticate_bearer`]) for our own and external issuers.
+pub mod cache;
+pub mod claims;
+pub mod endpoint;
+pub mod keys;
+pub mod remote;
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::{CredentialKind, Snapshot, TokenSettings};
+use crate::permission::Permission;
 use crate::pipeline::Identity;
 use crate::rejection::{Reason, Rejection};
+use keys::VerifyKey;
 
-/// Verifies a Bearer token and returns the identity it acts as.
-pub fn authenticate_bearer(_snap: &Snapshot, _token: &str, _now: i64) -> Result<Identity, Rejection> {
-    Err(Rejection::new(Reason::InvalidToken, "the token is not valid"))
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// An identity provider whose tokens we accept (`tokens.external_issuers`).
+#[derive(Debug, Clone)]
+pub struct ExternalIssuer {
+    pub issuer: String,
+    pub audience: String,
+    pub permissions_claim: String,
+    /// Keys from `jwks_file`, read at load.
+    pub file_keys: Vec<VerifyKey>,
+    /// Keys from `jwks_url`, fetched in the background.
+    pub remote: Option<Arc<remote::RemoteJwks>>,
+}
+
+fn invalid(d: &str) -> Rejection {
+    Rejection::new(Reason::InvalidToken, d)
+}
+
+/// Verifies a Bearer token and returns the identity it acts as. Verified tokens are cached
+/// (per snapshot, never past `exp`), so the second use costs a hash and a map lookup.
+pub fn authenticate_bearer(snap: &Snapshot, token: &str, now: i64) -> Result<Identity, Rejection> {
+    let Some(ts) = &snap.tokens else {
+        return Err(invalid("Bearer tokens are not accepted here"));
+    };
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(invalid("the token is too large"));
+    }
+    let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    if let Some(identity) = snap.token_cache.get(&key, now) {
+        return Ok(identity);
+    }
+    let (identity, valid_from, valid_until) = verify_uncached(snap, ts, token, now)?;
+    snap.token_cache.insert(
+        key,
+        cache::Entry { identity: identity.clone(), valid_from, valid_until },
+        now,
+    );
+    Ok(identity)
+}
+
+/// Splits a compact JWS and decodes its payload without trusting it (to pick the issuer).
+fn peek_payload(token: &str) -> Option<Map<String, Value>> {
+    let mut parts = token.split('.');
+    let (_h, p, _s) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(p).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Full verification: header, key choice (by issuer and `kid`; the algorithm is the key's),
+/// signature, claims, then the identity.
+fn verify_uncached(
+    snap: &Snapshot,
+    ts: &TokenSettings,
+    token: &str,
+    now: i64,
+) -> Result<(Identity, i64, i64), Rejection> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the token is malformed"))?;
+    if header.jwk.is_some() || header.jku.is_some() || header.x5u.is_some() || header.x5c.is_some() {
+        return Err(invalid("the token names its own key, which is never trusted"));
+    }
+    let unverified = peek_payload(token).ok_or_else(|| invalid("the token is malformed"))?;
+    let iss = unverified.get("iss").and_then(Value::as_str).unwrap_or("");
+    let leeway = ts.leeway as i64;
+
+    let own = ts.signer.is_some() && iss == ts.issuer;
+    let external = if own { None } else { ts.external.iter().find(|e| e.issuer == iss) };
+    if !own && external.is_none() {
+        return Err(invalid("the token's issuer is not accepted"));
+    }
+    if own {
+        let typ = header.typ.as_deref().map(str::to_ascii_lowercase);
+        if !matches!(typ.as_deref(), Some("at+jwt") | Some("application/at+jwt")) {
+            return Err(invalid("the token is not an access token (typ at+jwt)"));
+        }
+    }
+    let candidates: Vec<VerifyKey> = match (own, external) {
+        (true, _) => ts.signer.iter().map(|s| s.verify.clone()).collect(),
+        (false, Some(e)) => {
+            let mut k = e.file_keys.clone();
+            if let Some(r) = &e.remote {
+                k.extend(r.keys().iter().cloned());
+            }
+            k
+        }
+        _ => Vec::new(),
+    };
+    let chosen: Vec<&VerifyKey> = match &header.kid {
+        Some(kid) => candidates.iter().filter(|k| k.kid.as_deref() == Some(kid)).collect(),
+        None => candidates.iter().filter(|k| k.alg == header.alg).collect(),
+    };
+    if chosen.is_empty() {
+        if let Some(r) = external.and_then(|e| e.remote.as_ref()) {
+            r.request_refresh();
+        }
+        return Err(invalid("the token's signing key is not known"));
+    }
+    let mut claims = None;
+    for k in chosen {
+        if k.alg != header.alg {
+            continue;
+        }
+        if let Ok(data) = jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &validation(k.alg)) {
+            claims = Some(data.claims);
+            break;
+        }
+    }
+    let claims = claims.ok_or_else(|| invalid("the token's signature is not valid"))?;
+    let (want_iss, want_aud) = match external {
+        Some(e) => (e.issuer.as_str(), e.audience.as_str()),
+        None => (ts.issuer.as_str(), ts.audience.as_str()),
+    };
+    claims::validate(&claims, want_iss, want_aud, now, leeway).map_err(invalid)?;
+    let exp = claims::exp(&claims).unwrap_or(now);
+    let valid_from = claims::nbf(&claims).map_or(i64::MIN, |n| n - leeway);
+    let mut valid_until = exp.saturating_add(leeway);
+
+    let identity = match external {
+        Some(e) => {
+            let grants: Vec<Permission> = claims::permission_strings(claims.get(&e.permissions_claim))
+                .into_iter()
+                .filter_map(|p| Permission::parse(p).ok())
+                .collect();
+            let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("external");
+            Identity {
+                credential: Arc::from(sub),
+                kind: CredentialKind::External,
+                user: None,
+                grants: Arc::from(grants),
+                allowed_ips: None,
+            }
+        }
+        None => {
+            let presented = claims.get("client_id").and_then(Value::as_str).unwrap_or("");
+            let id = presented.strip_prefix(ts.client_id_prefix.as_str()).unwrap_or("");
+            let client = snap
+                .credentials
+                .clients
+                .get(id)
+                .ok_or_else(|| invalid("the token's client no longer exists"))?;
+            if client.disabled && ts.revoke_on_disable {
+                return Err(invalid("the token's client is disabled"));
+            }
+            if client.is_expired(now) {
+                return Err(invalid("the token's client has expired"));
+            }
+            valid_until = valid_until.min(client.expires_at);
+            let grants: Vec<Permission> = claims::permission_strings(claims.get("scope"))
+                .into_iter()
+                .filter_map(|p| Permission::parse(p).ok())
+                .filter(|p| client.grants.iter().any(|g| p.is_within(g)))
+                .collect();
+            Identity {
+                credential: client.id.clone(),
+                kind: CredentialKind::Client,
+                user: None,
+                grants: Arc::from(grants),
+                allowed_ips: client.allowed_ips.as_ref().map(|v| Arc::from(v.as_slice())),
+            }
+        }
+    };
+    Ok((identity, valid_from, valid_until))
+}
+
+/// Signature and algorithm only: claims are checked by [`claims::validate`] with our `now`.
+fn validation(alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.algorithms = vec![alg];
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    v
 }

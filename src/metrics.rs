@@ -1,0 +1,945 @@
+//! Prometheus metrics (SPEC §8), in a [`Registry`] of our own (never the process-global
+//! one, so a library that registers there cannot leak into `/metrics`).
+//!
+//! **Cardinality is bounded by config.** Every label value is a route id, a credential
+//! name, a reason code or a member of a fixed enum. A value a caller could influence —
+//! an unknown route, a credential name the current snapshot does not hold, an external
+//! token's subject — is replaced by `""` (the Prometheus convention for "no value"), so
+//! no request can create a new series.
+//!
+//! Families (all prefixed `portcullis_`):
+//!
+//! | family | type | labels |
+//! |---|---|---|
+//! | `requests_total` | counter | `route`, `credential`, `outcome`, `status_class` |
+//! | `request_duration_seconds` | histogram | `route` |
+//! | `auth_duration_seconds` | histogram | `kind` |
+//! | `denials_total` | counter | `reason` |
+//! | `shadow_denials_total` | counter | `reason` |
+//! | `upstream_errors_total` | counter | `kind` (`unavailable`, `timeout`) |
+//! | `tokens_issued_total` | counter | `client` |
+//! | `token_requests_refused_total` | counter | `reason` |
+//! | `config_reloads_total` | counter | `result` (`success`, `failure`) |
+//! | `config_last_reload_success_timestamp_seconds` | gauge | |
+//! | `config_last_reload_successful` | gauge | |
+//! | `config_info` | gauge | `hash` |
+//! | `credential_expiry_timestamp_seconds` | gauge | `credential`, `kind` |
+//! | `credential_last_used_timestamp_seconds` | gauge | `credential`, `kind` |
+//! | `credentials` | gauge | `kind`, `state` |
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus::{
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::config::{unix_now, Credential, CredentialKind, Snapshot};
+use crate::rejection::Reason;
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// The label value used when there is no (known) route or credential.
+pub const NONE: &str = "";
+
+/// Whole requests: sub-millisecond decisions up to the default 30 s upstream timeout.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
+];
+/// Decisions: an API key lookup takes microseconds, an argon2id check tens of milliseconds.
+const AUTH_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0,
+];
+
+/// The OAuth 2.0 error codes (RFC 6749 §5.2) and `ip_not_allowed`: the `reason` values of
+/// `portcullis_token_requests_refused_total`. Anything else is counted as `other`.
+pub const TOKEN_REFUSAL_REASONS: [&str; 8] = [
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "ip_not_allowed",
+    "other",
+];
+
+/// How a request ended, as the `outcome` label and the audit log's `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded upstream (whatever the upstream answered).
+    Allowed,
+    /// Answered by the sidecar with a 4xx rejection.
+    Denied,
+    /// The sidecar or the upstream failed (5xx from the sidecar, or no response).
+    Error,
+    /// Would have been denied, but forwarded because enforcement is off (shadow mode).
+    ShadowDenied,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [Outcome::Allowed, Outcome::Denied, Outcome::Error, Outcome::ShadowDenied];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+            Outcome::ShadowDenied => "shadow_denied",
+        }
+    }
+
+    /// The outcome named by `code` (as written in the audit log); anything unknown is
+    /// [`Outcome::Error`].
+    pub fn from_code(code: &str) -> Outcome {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == code).unwrap_or(Outcome::Error)
+    }
+}
+
+/// What one request contributes to the metrics: plain values, typically taken from the
+/// proxy's `logging` phase. Values not in the current config are recorded as `""`.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestObservation<'a> {
+    /// The matched route's id (`Route.id`), if any.
+    pub route: Option<&'a str>,
+    /// The authenticated credential's name, if any.
+    pub credential: Option<&'a str>,
+    /// The authenticated credential's kind; a name only counts with the kind it has in config.
+    pub kind: Option<CredentialKind>,
+    pub outcome: Outcome,
+    /// The status sent downstream; 0 when none was sent.
+    pub status: u16,
+    /// Why the sidecar answered itself, if it did.
+    pub reason: Option<Reason>,
+    /// From the start of the request to the end of the response.
+    pub duration: Duration,
+    /// Now, unix seconds (for the credential's last use).
+    pub now: i64,
+}
+
+/// A credential's lifecycle state, the `state` label of `portcullis_credentials`.
+/// Each credential has exactly one, so the states add up to the number configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CredentialState {
+    Active,
+    Disabled,
+    Expired,
+    /// An API key linked to a user that no longer exists: rejected (fail closed).
+    UserMissing,
+}
+
+impl CredentialState {
+    const ALL: [CredentialState; 4] = [
+        CredentialState::Active,
+        CredentialState::Disabled,
+        CredentialState::Expired,
+        CredentialState::UserMissing,
+    ];
+
+    /// Expired wins over disabled (it cannot be undone by `enable`), and both win over
+    /// a missing user.
+    fn of(c: &Credential, now: i64) -> Self {
+        if c.is_expired(now) {
+            CredentialState::Expired
+        } else if c.disabled {
+            CredentialState::Disabled
+        } else if c.user_missing {
+            CredentialState::UserMissing
+        } else {
+            CredentialState::Active
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            CredentialState::Active => "active",
+            CredentialState::Disabled => "disabled",
+            CredentialState::Expired => "expired",
+            CredentialState::UserMissing => "user_missing",
+        }
+    }
+}
+
+/// The kinds a configured credential can have (external tokens are not configured).
+const CONFIGURED_KINDS: [CredentialKind; 2] = [CredentialKind::Client, CredentialKind::ApiKey];
+
+/// The `kind` label of `portcullis_auth_duration_seconds`.
+fn auth_kind(kind: Option<CredentialKind>) -> &'static str {
+    kind.map_or("none", CredentialKind::as_str)
+}
+
+/// `2xx`…`5xx`; `none` when no response was sent.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+/// One configured credential, with its last-use gauge resolved once per snapshot.
+struct KnownCredential {
+    credential: Arc<Credential>,
+    last_used: Gauge,
+}
+
+/// The label values the current snapshot allows, rebuilt by [`Metrics::on_snapshot`]
+/// and read lock-free per request.
+///
+/// Could be cached here later, per snapshot, to save the label hashing that
+/// `with_label_values` does per request: the `requests_total` and
+/// `request_duration_seconds` children per route (and per route × credential, if that
+/// product stays small). Today only the last-use gauges are pre-resolved.
+#[derive(Default)]
+struct Labels {
+    routes: HashSet<Arc<str>>,
+    credentials: HashMap<Arc<str>, KnownCredential>,
+}
+
+/// All portcullis metrics, in their own registry. Cheap to share behind an `Arc`; every
+/// method takes `&self`.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    auth_duration: HistogramVec,
+    /// Indexed like [`Reason::ALL`].
+    denials: Vec<IntCounter>,
+    /// Indexed like [`Reason::ALL`].
+    shadow_denials: Vec<IntCounter>,
+    upstream_unavailable: IntCounter,
+    upstream_timeout: IntCounter,
+    tokens_issued: IntCounterVec,
+    token_refused: IntCounterVec,
+    reloads_success: IntCounter,
+    reloads_failure: IntCounter,
+    last_reload_success: Gauge,
+    last_reload_successful: IntGauge,
+    config_info: IntGaugeVec,
+    credential_expiry: GaugeVec,
+    credential_last_used: GaugeVec,
+    credentials: IntGaugeVec,
+    labels: ArcSwap<Labels>,
+    /// Serializes snapshot changes and state recounts; holds the current config hash.
+    update: Mutex<String>,
+    config_loaded: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Registers `c` in `r` and returns it. Every definition here is static and unique, so
+/// this cannot fail unless the code above is wrong.
+fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    r.register(Box::new(c.clone())).expect("metric definitions are static and unique");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter definition"))
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    reg(r, GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge definition"))
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    reg(r, HistogramVec::new(opts, labels).expect("valid histogram definition"))
+}
+
+impl Metrics {
+    /// Every family registered; the fixed-label series (reason codes, reload results,
+    /// upstream error kinds, credential states) start at 0 so that `rate()` and alerts
+    /// see them before the first event. Per-credential series appear with
+    /// [`Metrics::on_snapshot`].
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let requests = counter_vec(
+            &r,
+            "portcullis_requests_total",
+            "Requests by route template, credential, outcome (allowed, denied, error, shadow_denied) \
+             and status class. route and credential are \"\" when none matched.",
+            &["route", "credential", "outcome", "status_class"],
+        );
+        let request_duration = histogram_vec(
+            &r,
+            "portcullis_request_duration_seconds",
+            "Time from the start of a request to the end of its response, upstream included, by route template.",
+            REQUEST_BUCKETS,
+            &["route"],
+        );
+        let auth_duration = histogram_vec(
+            &r,
+            "portcullis_auth_duration_seconds",
+            "Time the sidecar spent deciding a request (sanity checks, authentication, authorization), \
+             by the kind of credential that authenticated (none: no credential was accepted).",
+            AUTH_BUCKETS,
+            &["kind"],
+        );
+        let denials_vec = counter_vec(
+            &r,
+            "portcullis_denials_total",
+            "Requests denied by the sidecar, by reason code.",
+            &["reason"],
+        );
+        let shadow_vec = counter_vec(
+            &r,
+            "portcullis_shadow_denials_total",
+            "Requests that would have been denied but were forwarded (shadow mode), by reason code.",
+            &["reason"],
+        );
+        let upstream_errors = counter_vec(
+            &r,
+            "portcullis_upstream_errors_total",
+            "Requests the upstream failed: unavailable (502) or timeout (504).",
+            &["kind"],
+        );
+        let tokens_issued = counter_vec(
+            &r,
+            "portcullis_tokens_issued_total",
+            "Access tokens issued by the token endpoint, by client.",
+            &["client"],
+        );
+        let token_refused = counter_vec(
+            &r,
+            "portcullis_token_requests_refused_total",
+            "Token requests refused, by OAuth error code (other: any code not listed).",
+            &["reason"],
+        );
+        let reloads = counter_vec(
+            &r,
+            "portcullis_config_reloads_total",
+            "Config loads by result; the initial load counts as a success.",
+            &["result"],
+        );
+        let last_reload_success = reg(
+            &r,
+            Gauge::new(
+                "portcullis_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful config load.",
+            )
+            .expect("valid gauge definition"),
+        );
+        let last_reload_successful = reg(
+            &r,
+            IntGauge::new(
+                "portcullis_config_last_reload_successful",
+                "1 if the last config load succeeded, 0 if it failed (the previous config keeps serving).",
+            )
+            .expect("valid gauge definition"),
+        );
+        let config_info = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("portcullis_config_info", "The config in force: SHA-256 of its files, always 1."),
+                &["hash"],
+            )
+            .expect("valid gauge definition"),
+        );
+        let credential_expiry = gauge_vec(
+            &r,
+            "portcullis_credential_expiry_timestamp_seconds",
+            "Unix time at which each configured credential expires.",
+            &["credential", "kind"],
+        );
+        let credential_last_used = gauge_vec(
+            &r,
+            "portcullis_credential_last_used_timestamp_seconds",
+            "Unix time each configured credential last authenticated a forwarded request or obtained a \
+             token; 0 if not since this process started.",
+            &["credential", "kind"],
+        );
+        let credentials = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_credentials",
+                    "Configured credentials by kind and state (active, disabled, expired, user_missing).",
+                ),
+                &["kind", "state"],
+            )
+            .expect("valid gauge definition"),
+        );
+
+        let denials = Reason::ALL.iter().map(|r| denials_vec.with_label_values(&[r.code()])).collect();
+        let shadow_denials = Reason::ALL.iter().map(|r| shadow_vec.with_label_values(&[r.code()])).collect();
+        for reason in TOKEN_REFUSAL_REASONS {
+            token_refused.with_label_values(&[reason]);
+        }
+        for kind in CONFIGURED_KINDS {
+            for state in CredentialState::ALL {
+                credentials.with_label_values(&[kind.as_str(), state.as_str()]).set(0);
+            }
+        }
+        for kind in [Some(CredentialKind::Client), Some(CredentialKind::ApiKey), Some(CredentialKind::External), None] {
+            auth_duration.with_label_values(&[auth_kind(kind)]);
+        }
+        Metrics {
+            upstream_unavailable: upstream_errors.with_label_values(&["unavailable"]),
+            upstream_timeout: upstream_errors.with_label_values(&["timeout"]),
+            reloads_success: reloads.with_label_values(&["success"]),
+            reloads_failure: reloads.with_label_values(&["failure"]),
+            registry: r,
+            requests,
+            request_duration,
+            auth_duration,
+            denials,
+            shadow_denials,
+            tokens_issued,
+            token_refused,
+            last_reload_success,
+            last_reload_successful,
+            config_info,
+            credential_expiry,
+            credential_last_used,
+            credentials,
+            labels: ArcSwap::from_pointee(Labels::default()),
+            update: Mutex::new(String::new()),
+            config_loaded: AtomicBool::new(false),
+        }
+    }
+
+    /// The registry, for tests or to add collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Whether a snapshot has been put in force ([`Metrics::on_snapshot`] was called).
+    pub fn has_config(&self) -> bool {
+        self.config_loaded.load(Ordering::Acquire)
+    }
+
+    /// `snap` is now in force (at start, or after a successful reload): the known routes
+    /// and credentials become exactly those of `snap` — series of deleted credentials
+    /// disappear, those of remaining ones keep their last-use time — and `config_info`
+    /// carries only `snap`'s hash. `now` (unix seconds) judges which credentials are expired.
+    pub fn on_snapshot(&self, snap: &Snapshot, now: i64) {
+        let mut hash = self.update.lock().unwrap_or_else(|p| p.into_inner());
+
+        // Add the new series before removing the old ones, so that a concurrent scrape
+        // never sees the family empty.
+        self.config_info.with_label_values(&[&snap.content_hash]).set(1);
+        if !hash.is_empty() && *hash != snap.content_hash {
+            let _ = self.config_info.remove_label_values(&[hash.as_str()]);
+        }
+        hash.clone_from(&snap.content_hash);
+
+        let mut credentials = HashMap::with_capacity(snap.credentials.all.len());
+        for c in &snap.credentials.all {
+            let labels = [c.id.as_ref(), c.kind.as_str()];
+            self.credential_expiry.with_label_values(&labels).set(c.expires_at as f64);
+            // Returns the existing child, with its value, for a credential that stays.
+            let last_used = self.credential_last_used.with_label_values(&labels);
+            credentials.insert(c.id.clone(), KnownCredential { credential: c.clone(), last_used });
+        }
+        let previous = self.labels.load();
+        for (name, old) in &previous.credentials {
+            let kept = credentials.get(name).is_some_and(|c| c.credential.kind == old.credential.kind);
+            if !kept {
+                let labels = [name.as_ref(), old.credential.kind.as_str()];
+                let _ = self.credential_expiry.remove_label_values(&labels);
+                let _ = self.credential_last_used.remove_label_values(&labels);
+            }
+        }
+        let routes = snap.routes.routes.iter().map(|r| r.id.clone()).collect();
+        self.labels.store(Arc::new(Labels { routes, credentials }));
+        self.set_credential_counts(now);
+        self.config_loaded.store(true, Ordering::Release);
+    }
+
+    /// A config load finished: counts it by result. On success also records `now` as the
+    /// time of the last good load (call [`Metrics::on_snapshot`] with the new snapshot too).
+    pub fn on_reload(&self, success: bool, now: i64) {
+        if success {
+            self.reloads_success.inc();
+            self.last_reload_success.set(now as f64);
+            self.last_reload_successful.set(1);
+        } else {
+            self.reloads_failure.inc();
+            self.last_reload_successful.set(0);
+        }
+    }
+
+    /// Records one finished request. Cheap: one lock-free load of the label table, two
+    /// hash lookups, and the prometheus crate's own per-child lookups.
+    pub fn observe_request(&self, r: &RequestObservation<'_>) {
+        let labels = self.labels.load();
+        let route = r.route.and_then(|id| labels.routes.get(id)).map_or(NONE, |id| id.as_ref());
+        let known = match (r.credential, r.kind) {
+            (Some(name), Some(kind)) => labels
+                .credentials
+                .get_key_value(name)
+                .filter(|(_, c)| c.credential.kind == kind),
+            _ => None,
+        };
+        let credential = known.map_or(NONE, |(name, _)| name.as_ref());
+        self.requests
+            .with_label_values(&[route, credential, r.outcome.as_str(), status_class(r.status)])
+            .inc();
+        self.request_duration.with_label_values(&[route]).observe(r.duration.as_secs_f64());
+        if let Some(reason) = r.reason {
+            match reason {
+                Reason::UpstreamUnavailable => self.upstream_unavailable.inc(),
+                Reason::UpstreamTimeout => self.upstream_timeout.inc(),
+                _ => {
+                    let per_reason = match r.outcome {
+                        Outcome::ShadowDenied => &self.shadow_denials,
+                        _ => &self.denials,
+                    };
+                    if let Some(c) = reason_index(reason).and_then(|i| per_reason.get(i)) {
+                        c.inc();
+                    }
+                }
+            }
+        }
+        // A credential is "used" when it got a request through, not when it was refused.
+        if matches!(r.outcome, Outcome::Allowed | Outcome::ShadowDenied) {
+            if let Some((_, c)) = known {
+                c.last_used.set(r.now as f64);
+            }
+        }
+    }
+
+    /// Records the time spent deciding one request; `kind` is the kind of the credential
+    /// that authenticated, `None` if none did.
+    pub fn observe_auth(&self, kind: Option<CredentialKind>, elapsed: Duration) {
+        self.auth_duration.with_label_values(&[auth_kind(kind)]).observe(elapsed.as_secs_f64());
+    }
+
+    /// The token endpoint issued a token to `client` (the configured client id) at `now`:
+    /// counts it and marks the client used. An id not configured as a client counts as `""`.
+    pub fn token_issued(&self, client: &str, now: i64) {
+        let labels = self.labels.load();
+        let known = labels
+            .credentials
+            .get_key_value(client)
+            .filter(|(_, c)| c.credential.kind == CredentialKind::Client);
+        self.tokens_issued
+            .with_label_values(&[known.map_or(NONE, |(name, _)| name.as_ref())])
+            .inc();
+        if let Some((_, c)) = known {
+            c.last_used.set(now as f64);
+        }
+    }
+
+    /// The token endpoint refused a request with OAuth error `reason` (`invalid_client`,
+    /// …); a code outside [`TOKEN_REFUSAL_REASONS`] counts as `other`.
+    pub fn token_refused(&self, reason: &str) {
+        let reason = TOKEN_REFUSAL_REASONS.into_iter().find(|r| *r == reason).unwrap_or("other");
+        self.token_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// The metrics in the Prometheus text format (0.0.4), credential states judged now.
+    pub fn render(&self) -> String {
+        self.render_at(unix_now())
+    }
+
+    /// [`Metrics::render`] with credential states judged at `now` (unix seconds):
+    /// credentials expire between reloads, so the state counts are refreshed per scrape.
+    pub fn render_at(&self, now: i64) -> String {
+        self.count_credentials(now);
+        match TextEncoder::new().encode_to_string(&self.registry.gather()) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode metrics");
+                String::new()
+            }
+        }
+    }
+
+    /// Sets `portcullis_credentials{kind,state}` from the current label table at `now`.
+    fn count_credentials(&self, now: i64) {
+        let _serial = self.update.lock().unwrap_or_else(|p| p.into_inner());
+        self.set_credential_counts(now);
+    }
+
+    /// [`Metrics::count_credentials`] for a caller that holds `self.update`.
+    fn set_credential_counts(&self, now: i64) {
+        let labels = self.labels.load();
+        let mut counts = [[0i64; CredentialState::ALL.len()]; CONFIGURED_KINDS.len()];
+        for c in labels.credentials.values() {
+            let kind = CONFIGURED_KINDS.iter().position(|k| *k == c.credential.kind);
+            let state = CredentialState::ALL.iter().position(|s| *s == CredentialState::of(&c.credential, now));
+            if let (Some(k), Some(s)) = (kind, state) {
+                counts[k][s] += 1;
+            }
+        }
+        for (k, kind) in CONFIGURED_KINDS.iter().enumerate() {
+            for (s, state) in CredentialState::ALL.iter().enumerate() {
+                self.credentials.with_label_values(&[kind.as_str(), state.as_str()]).set(counts[k][s]);
+            }
+        }
+    }
+}
+
+fn reason_index(reason: Reason) -> Option<usize> {
+    Reason::ALL.iter().position(|r| *r == reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CredentialStore, Environment, Route, RouteTable, Settings};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn cred(id: &str, kind: CredentialKind, expires_at: i64, disabled: bool) -> Arc<Credential> {
+        Arc::new(Credential {
+            id: Arc::from(id),
+            kind,
+            user: None,
+            user_missing: false,
+            roles: Vec::new(),
+            grants: Arc::from(Vec::new()),
+            allowed_ips: None,
+            expires_at,
+            expires_text: String::new(),
+            disabled,
+            description: None,
+            notes: None,
+            secret: None,
+        })
+    }
+
+    fn route(id: &str) -> Route {
+        Route {
+            id: Arc::from(id),
+            method: None,
+            template: String::new(),
+            public: false,
+            require: None,
+            vault_param: "vault_id".into(),
+            key_param: "key_id".into(),
+        }
+    }
+
+    fn snapshot(hash: &str, creds: Vec<Arc<Credential>>, routes: &[&str]) -> Snapshot {
+        Snapshot {
+            settings: Settings {
+                listen: "127.0.0.1:0".into(),
+                admin_listen: "127.0.0.1:0".into(),
+                upstream: ([127, 0, 0, 1], 1).into(),
+                upstream_text: "127.0.0.1:1".into(),
+                environment: Environment::Sandbox,
+                trusted_proxies: Vec::new(),
+                shutdown_grace: 10,
+                upstream_timeout: Duration::from_secs(30),
+                upstream_connect_timeout: Duration::from_secs(5),
+            },
+            routes: RouteTable { routes: routes.iter().map(|r| route(r)).collect(), ..RouteTable::default() },
+            credentials: CredentialStore { all: creds, ..CredentialStore::default() },
+            tokens: None,
+            warnings: Vec::new(),
+            files: Vec::new(),
+            content_hash: hash.into(),
+        }
+    }
+
+    fn base() -> (Metrics, Snapshot) {
+        let snap = snapshot(
+            "aaaa",
+            vec![
+                cred("acme-backend", CredentialKind::ApiKey, NOW + 86_400, false),
+                cred("reporting", CredentialKind::Client, NOW + 86_400, false),
+                cred("old-key", CredentialKind::ApiKey, NOW - 1, false),
+                cred("off-key", CredentialKind::ApiKey, NOW + 86_400, true),
+            ],
+            &["GET /v1/vaults/{vault_id}/balances"],
+        );
+        let m = Metrics::new();
+        m.on_snapshot(&snap, NOW);
+        m.on_reload(true, NOW);
+        (m, snap)
+    }
+
+    fn allowed<'a>(route: &'a str, credential: &'a str, kind: CredentialKind) -> RequestObservation<'a> {
+        RequestObservation {
+            route: Some(route),
+            credential: Some(credential),
+            kind: Some(kind),
+            outcome: Outcome::Allowed,
+            status: 200,
+            reason: None,
+            duration: Duration::from_micros(300),
+            now: NOW + 5,
+        }
+    }
+
+    /// The value of the one sample line that starts with `series` (name and labels).
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    #[test]
+    fn counts_an_allowed_request_by_route_credential_outcome_and_class() {
+        let (m, _) = base();
+        m.observe_request(&allowed("GET /v1/vaults/{vault_id}/balances", "acme-backend", CredentialKind::ApiKey));
+        let text = m.render_at(NOW);
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_requests_total{credential="acme-backend",outcome="allowed",route="GET /v1/vaults/{vault_id}/balances",status_class="2xx"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_credential_last_used_timestamp_seconds{credential="acme-backend",kind="api_key"}"#
+            ),
+            Some((NOW + 5) as f64)
+        );
+        assert_eq!(
+            value(&text, r#"portcullis_request_duration_seconds_count{route="GET /v1/vaults/{vault_id}/balances"}"#),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn denies_caller_chosen_label_values() {
+        let (m, _) = base();
+        // An unknown route and credential name, as a caller could send them.
+        m.observe_request(&RequestObservation {
+            outcome: Outcome::Denied,
+            status: 403,
+            reason: Some(Reason::RouteNotAllowed),
+            ..allowed("GET /evil/../x", "attacker-chosen", CredentialKind::ApiKey)
+        });
+        // An external token whose subject equals a configured key's name.
+        m.observe_request(&allowed("GET /v1/vaults/{vault_id}/balances", "acme-backend", CredentialKind::External));
+        m.token_issued("not-a-client", NOW);
+        m.token_issued("acme-backend", NOW); // an API key, not a client
+        m.token_refused("made_up_code");
+        let text = m.render_at(NOW);
+        for bad in ["/evil", "attacker-chosen", "not-a-client", "made_up_code"] {
+            assert!(!text.contains(bad), "{bad} leaked into\n{text}");
+        }
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_requests_total{credential="",outcome="denied",route="",status_class="4xx"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_requests_total{credential="",outcome="allowed",route="GET /v1/vaults/{vault_id}/balances",status_class="2xx"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(value(&text, r#"portcullis_tokens_issued_total{client=""}"#), Some(2.0));
+        assert_eq!(value(&text, r#"portcullis_token_requests_refused_total{reason="other"}"#), Some(1.0));
+        // The external token did not mark the API key used.
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_credential_last_used_timestamp_seconds{credential="acme-backend",kind="api_key"}"#
+            ),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn counts_denials_by_reason_and_upstream_errors_by_kind() {
+        let (m, _) = base();
+        let denied = RequestObservation {
+            route: None,
+            credential: None,
+            kind: None,
+            outcome: Outcome::Denied,
+            status: 401,
+            reason: Some(Reason::InvalidApiKey),
+            duration: Duration::from_micros(20),
+            now: NOW,
+        };
+        m.observe_request(&denied);
+        m.observe_request(&denied);
+        m.observe_request(&RequestObservation {
+            outcome: Outcome::ShadowDenied,
+            status: 200,
+            reason: Some(Reason::IpNotAllowed),
+            ..denied
+        });
+        m.observe_request(&RequestObservation {
+            outcome: Outcome::Error,
+            status: 504,
+            reason: Some(Reason::UpstreamTimeout),
+            ..denied
+        });
+        let text = m.render_at(NOW);
+        assert_eq!(value(&text, r#"portcullis_denials_total{reason="invalid_api_key"}"#), Some(2.0));
+        assert_eq!(value(&text, r#"portcullis_denials_total{reason="ip_not_allowed"}"#), Some(0.0));
+        assert_eq!(value(&text, r#"portcullis_shadow_denials_total{reason="ip_not_allowed"}"#), Some(1.0));
+        assert_eq!(value(&text, r#"portcullis_upstream_errors_total{kind="timeout"}"#), Some(1.0));
+        assert_eq!(value(&text, r#"portcullis_upstream_errors_total{kind="unavailable"}"#), Some(0.0));
+        assert_eq!(value(&text, r#"portcullis_denials_total{reason="upstream_timeout"}"#), Some(0.0));
+    }
+
+    #[test]
+    fn denied_requests_do_not_mark_a_credential_used() {
+        let (m, _) = base();
+        m.observe_request(&RequestObservation {
+            outcome: Outcome::Denied,
+            status: 403,
+            reason: Some(Reason::IpNotAllowed),
+            ..allowed("GET /v1/vaults/{vault_id}/balances", "acme-backend", CredentialKind::ApiKey)
+        });
+        let text = m.render_at(NOW);
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_credential_last_used_timestamp_seconds{credential="acme-backend",kind="api_key"}"#
+            ),
+            Some(0.0)
+        );
+        assert!(text.contains(
+            r#"portcullis_requests_total{credential="acme-backend",outcome="denied",route="GET /v1/vaults/{vault_id}/balances",status_class="4xx"} 1"#
+        ));
+    }
+
+    #[test]
+    fn tracks_exactly_the_current_credentials_across_snapshots() {
+        let (m, _) = base();
+        m.observe_request(&allowed("GET /v1/vaults/{vault_id}/balances", "acme-backend", CredentialKind::ApiKey));
+        m.token_issued("reporting", NOW + 7);
+        // Reload: "reporting" deleted, "new-key" added, "acme-backend" kept.
+        let next = snapshot(
+            "bbbb",
+            vec![
+                cred("acme-backend", CredentialKind::ApiKey, NOW + 172_800, false),
+                cred("new-key", CredentialKind::ApiKey, NOW + 86_400, false),
+            ],
+            &[],
+        );
+        m.on_snapshot(&next, NOW + 10);
+        m.on_reload(true, NOW + 10);
+        let text = m.render_at(NOW + 10);
+        assert!(!text.contains("reporting"), "deleted credential still present:\n{text}");
+        assert!(!text.contains("old-key") && !text.contains("off-key"), "{text}");
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_credential_last_used_timestamp_seconds{credential="acme-backend",kind="api_key"}"#
+            ),
+            Some((NOW + 5) as f64),
+            "a kept credential keeps its last use"
+        );
+        assert_eq!(
+            value(&text, r#"portcullis_credential_expiry_timestamp_seconds{credential="acme-backend",kind="api_key"}"#),
+            Some((NOW + 172_800) as f64)
+        );
+        assert_eq!(
+            value(&text, r#"portcullis_credential_expiry_timestamp_seconds{credential="new-key",kind="api_key"}"#),
+            Some((NOW + 86_400) as f64)
+        );
+        assert_eq!(value(&text, r#"portcullis_config_info{hash="bbbb"}"#), Some(1.0));
+        assert!(!text.contains("aaaa"), "old hash still present");
+        assert_eq!(value(&text, r#"portcullis_config_reloads_total{result="success"}"#), Some(2.0));
+        assert_eq!(value(&text, "portcullis_config_last_reload_success_timestamp_seconds"), Some((NOW + 10) as f64));
+        // The removed route no longer counts as a label value.
+        m.observe_request(&allowed("GET /v1/vaults/{vault_id}/balances", "new-key", CredentialKind::ApiKey));
+        let text = m.render_at(NOW + 10);
+        assert!(text.contains(
+            r#"portcullis_requests_total{credential="new-key",outcome="allowed",route="",status_class="2xx"} 1"#
+        ));
+    }
+
+    #[test]
+    fn counts_credentials_by_kind_and_state_as_time_passes() {
+        let (m, _) = base();
+        let text = m.render_at(NOW);
+        let count = |text: &str, kind: &str, state: &str| {
+            value(text, &format!(r#"portcullis_credentials{{kind="{kind}",state="{state}"}}"#))
+        };
+        assert_eq!(count(&text, "api_key", "active"), Some(1.0));
+        assert_eq!(count(&text, "api_key", "expired"), Some(1.0));
+        assert_eq!(count(&text, "api_key", "disabled"), Some(1.0));
+        assert_eq!(count(&text, "client", "active"), Some(1.0));
+        assert_eq!(count(&text, "client", "disabled"), Some(0.0));
+        // A day later, without a reload, the active ones have expired.
+        let later = m.render_at(NOW + 86_400);
+        assert_eq!(count(&later, "api_key", "active"), Some(0.0));
+        assert_eq!(count(&later, "api_key", "expired"), Some(2.0));
+        assert_eq!(count(&later, "api_key", "disabled"), Some(1.0));
+        assert_eq!(count(&later, "client", "expired"), Some(1.0));
+    }
+
+    #[test]
+    fn records_reload_failures_without_touching_the_last_success() {
+        let (m, _) = base();
+        m.on_reload(false, NOW + 60);
+        let text = m.render_at(NOW + 60);
+        assert_eq!(value(&text, r#"portcullis_config_reloads_total{result="failure"}"#), Some(1.0));
+        assert_eq!(value(&text, r#"portcullis_config_reloads_total{result="success"}"#), Some(1.0));
+        assert_eq!(value(&text, "portcullis_config_last_reload_successful"), Some(0.0));
+        assert_eq!(value(&text, "portcullis_config_last_reload_success_timestamp_seconds"), Some(NOW as f64));
+        assert_eq!(value(&text, r#"portcullis_config_info{hash="aaaa"}"#), Some(1.0));
+    }
+
+    #[test]
+    fn counts_tokens_and_refusals() {
+        let (m, _) = base();
+        m.token_issued("reporting", NOW + 3);
+        m.token_refused("invalid_client");
+        m.token_refused("invalid_client");
+        let text = m.render_at(NOW);
+        assert_eq!(value(&text, r#"portcullis_tokens_issued_total{client="reporting"}"#), Some(1.0));
+        assert_eq!(value(&text, r#"portcullis_token_requests_refused_total{reason="invalid_client"}"#), Some(2.0));
+        assert_eq!(value(&text, r#"portcullis_token_requests_refused_total{reason="invalid_scope"}"#), Some(0.0));
+        assert_eq!(
+            value(&text, r#"portcullis_credential_last_used_timestamp_seconds{credential="reporting",kind="client"}"#),
+            Some((NOW + 3) as f64)
+        );
+    }
+
+    #[test]
+    fn observes_auth_latency_in_sub_millisecond_buckets() {
+        let (m, _) = base();
+        m.observe_auth(Some(CredentialKind::ApiKey), Duration::from_micros(15));
+        m.observe_auth(None, Duration::from_millis(40));
+        let text = m.render_at(NOW);
+        assert_eq!(value(&text, r#"portcullis_auth_duration_seconds_bucket{kind="api_key",le="0.000025"}"#), Some(1.0));
+        assert_eq!(value(&text, r#"portcullis_auth_duration_seconds_bucket{kind="api_key",le="0.00001"}"#), Some(0.0));
+        assert_eq!(value(&text, r#"portcullis_auth_duration_seconds_bucket{kind="none",le="0.05"}"#), Some(1.0));
+        assert_eq!(value(&text, r#"portcullis_auth_duration_seconds_count{kind="client"}"#), Some(0.0));
+    }
+
+    #[test]
+    fn has_no_config_until_a_snapshot() {
+        let m = Metrics::new();
+        assert!(!m.has_config());
+        assert!(m.render_at(NOW).contains("portcullis_denials_total"));
+        let (m, _) = base();
+        assert!(m.has_config());
+    }
+
+    #[test]
+    fn outcome_codes_round_trip() {
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::from_code(o.as_str()), o);
+        }
+        assert_eq!(Outcome::from_code("whatever"), Outcome::Error);
+        assert_eq!(status_class(0), "none");
+        assert_eq!(status_class(204), "2xx");
+        assert_eq!(status_class(503), "5xx");
+    }
+}

@@ -1,0 +1,417 @@
+//! The token endpoint (RFC 6749 §4.4 client credentials), the JWKS and the RFC 8414
+//! metadata, answered by the sidecar itself. Pure functions: request parts in, [`Reply`] out.
+use std::net::IpAddr;
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use jsonwebtoken::Header;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::keys::SigningKey;
+use crate::config::{Credential, SecretHash, Snapshot, TokenSettings};
+use crate::permission::Permission;
+
+/// Largest token request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+
+/// What the sidecar answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Token,
+    Jwks,
+    Metadata,
+}
+
+/// Whether `method` + `path` is one of the sidecar's own endpoints (only when a signing
+/// key is configured). Non-POST requests to the token path are answered too (405).
+pub fn which(snap: &Snapshot, method: &Method, path: &[u8]) -> Option<Which> {
+    let ts = snap.tokens.as_ref().filter(|t| t.signer.is_some())?;
+    let path = &path[..path.iter().position(|b| *b == b'?').unwrap_or(path.len())];
+    if path == ts.endpoint.as_bytes() {
+        Some(Which::Token)
+    } else if method == Method::GET && path == JWKS_PATH.as_bytes() {
+        Some(Which::Jwks)
+    } else if method == Method::GET && path == METADATA_PATH.as_bytes() {
+        Some(Which::Metadata)
+    } else {
+        None
+    }
+}
+
+/// A complete answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+    pub www_authenticate: Option<String>,
+    /// `Cache-Control: no-store` (token responses and errors).
+    pub no_store: bool,
+    /// `Allow` header for 405.
+    pub allow: Option<&'static str>,
+    /// The client a token was issued to, or the OAuth error code (for logs and metrics).
+    pub outcome: Result<String, &'static str>,
+}
+
+fn json_reply(status: u16, v: serde_json::Value, no_store: bool) -> Reply {
+    Reply {
+        status,
+        body: Bytes::from(v.to_string()),
+        www_authenticate: None,
+        no_store,
+        allow: None,
+        outcome: Err(""),
+    }
+}
+
+/// An RFC 6749 §5.2 error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    pub code: &'static str,
+    pub description: String,
+    /// The client used HTTP Basic (then a 401 carries a Basic challenge).
+    pub basic: bool,
+}
+
+impl OAuthError {
+    fn new(code: &'static str, description: impl Into<String>) -> Self {
+        OAuthError { code, description: description.into(), basic: false }
+    }
+
+    pub fn too_large() -> Self {
+        OAuthError::new("invalid_request", "the request body is too large")
+    }
+
+    pub fn unreadable() -> Self {
+        OAuthError::new("invalid_request", "the request body could not be read")
+    }
+
+    pub fn server_error() -> Self {
+        OAuthError::new("server_error", "the token could not be issued")
+    }
+
+    pub fn status(&self) -> u16 {
+        if self.code == "server_error" {
+            return 500;
+        }
+        if self.code == "invalid_client" {
+            401
+        } else {
+            400
+        }
+    }
+
+    pub fn reply(&self, request_id: &str) -> Reply {
+        let mut r = json_reply(
+            self.status(),
+            json!({"error": self.code, "error_description": self.description, "request_id": request_id}),
+            true,
+        );
+        if self.status() == 401 {
+            r.www_authenticate = Some(if self.basic {
+                "Basic realm=\"portcullis\"".into()
+            } else {
+                "Bearer realm=\"portcullis\"".into()
+            });
+        }
+        r.outcome = Err(self.code);
+        r
+    }
+}
+
+/// The published keys.
+pub fn jwks(ts: &TokenSettings) -> Reply {
+    let keys: Vec<_> = ts.signer.iter().map(|s| s.jwk.clone()).collect();
+    let mut r = json_reply(200, json!({ "keys": keys }), false);
+    r.outcome = Ok(String::new());
+    r
+}
+
+/// RFC 8414 authorization server metadata.
+pub fn metadata(ts: &TokenSettings) -> Reply {
+    let base = ts.issuer.trim_end_matches('/');
+    let mut r = json_reply(
+        200,
+        json!({
+            "issuer": ts.issuer,
+            "token_endpoint": format!("{base}{}", ts.endpoint),
+            "jwks_uri": format!("{base}{JWKS_PATH}"),
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "response_types_supported": ["token"],
+        }),
+        false,
+    );
+    r.outcome = Ok(String::new());
+    r
+}
+
+/// A 405 for a non-POST request to the token endpoint.
+pub fn method_not_allowed(request_id: &str) -> Reply {
+    let mut r = OAuthError::new("invalid_request", "the token endpoint accepts POST only").reply(request_id);
+    r.status = 405;
+    r.allow = Some("POST");
+    r
+}
+
+/// Decodes an RFC 6749 §2.3.1 Basic credential: base64 of form-urlencoded id `:` secret.
+fn parse_basic(value: &str) -> Option<(String, String)> {
+    let (scheme, b64) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = STANDARD.decode(b64.trim()).ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (id, secret) = raw.split_once(':')?;
+    let dec = |s: &str| -> Option<String> {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
+    };
+    Some((dec(id)?, dec(secret)?))
+}
+
+/// An argon2id hash that verifies nothing, so that an unknown client id costs the same
+/// time as a wrong secret.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        SaltString::encode_b64(&rand::random::<[u8; 16]>())
+            .ok()
+            .and_then(|salt| {
+                Argon2::default()
+                    .hash_password(&rand::random::<[u8; 32]>(), &salt)
+                    .map(|h| h.to_string())
+                    .ok()
+            })
+            .unwrap_or_default()
+    })
+}
+
+fn verify_argon2(phc: &str, secret: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(h) => Argon2::default().verify_password(secret.as_bytes(), &h).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Checks a secret against its stored hash in constant time.
+pub fn verify_secret(stored: &SecretHash, secret: &str) -> bool {
+    match stored {
+        SecretHash::Argon2(phc) => verify_argon2(phc, secret),
+        SecretHash::Sha256(h) => {
+            let got: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+            got.ct_eq(h).into()
+        }
+    }
+}
+
+/// Handles `POST {endpoint}`: authenticates the client, checks its state, allowlist and
+/// scope, and issues a token. CPU-heavy (argon2): run it off the async runtime.
+pub fn token(
+    snap: &Snapshot,
+    headers: &HeaderMap,
+    body: &[u8],
+    client_ip: IpAddr,
+    now: i64,
+    request_id: &str,
+) -> Reply {
+    match issue(snap, headers, body, client_ip, now) {
+        Ok((client, body)) => Reply {
+            status: 200,
+            body: Bytes::from(body),
+            www_authenticate: None,
+            no_store: true,
+            allow: None,
+            outcome: Ok(client),
+        },
+        Err(e) => e.reply(request_id),
+    }
+}
+
+fn issue(
+    snap: &Snapshot,
+    headers: &HeaderMap,
+    body: &[u8],
+    client_ip: IpAddr,
+    now: i64,
+) -> Result<(String, String), OAuthError> {
+    let Some(ts) = snap.tokens.as_ref() else {
+        return Err(OAuthError::new("invalid_request", "tokens are not issued here"));
+    };
+    let Some(signer) = ts.signer.as_ref() else {
+        return Err(OAuthError::new("invalid_request", "tokens are not issued here"));
+    };
+    let ctype = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ctype.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(OAuthError::new("invalid_request", "the body must be application/x-www-form-urlencoded"));
+    }
+    let mut form: Vec<(String, String)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        if form.iter().any(|(seen, _)| *seen == k) {
+            return Err(OAuthError::new("invalid_request", format!("parameter {k} is repeated")));
+        }
+        form.push((k.into_owned(), v.into_owned()));
+    }
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+
+    // Client authentication: Basic or the body, never both (RFC 6749 §2.3).
+    let mut auths = headers.get_all(http::header::AUTHORIZATION).iter();
+    let (auth, extra) = (auths.next(), auths.next());
+    if extra.is_some() {
+        return Err(OAuthError::new("invalid_request", "more than one Authorization header"));
+    }
+    let basic = match auth {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(parse_basic) {
+            Some(pair) => Some(pair),
+            None => {
+                return Err(OAuthError {
+                    basic: true,
+                    ..OAuthError::new("invalid_client", "the Authorization header must be Basic client_id:client_secret")
+                })
+            }
+        },
+    };
+    let used_basic = basic.is_some();
+    let (client_id, secret) = match (basic, get("client_id"), get("client_secret")) {
+        (Some(_), _, Some(_)) => {
+            return Err(OAuthError::new("invalid_request", "use one client authentication method, not both"))
+        }
+        (Some((id, s)), body_id, None) => {
+            if body_id.is_some_and(|b| b != id) {
+                return Err(OAuthError::new("invalid_request", "client_id in the body differs from the Basic one"));
+            }
+            (id, s)
+        }
+        (None, Some(id), Some(s)) => (id.to_string(), s.to_string()),
+        (None, _, _) => {
+            return Err(OAuthError::new("invalid_client", "client authentication is required"));
+        }
+    };
+    match get("grant_type") {
+        None => return Err(OAuthError::new("invalid_request", "grant_type is required")),
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(OAuthError::new("unsupported_grant_type", "only client_credentials is supported"))
+        }
+    }
+    let bad_client = |d: &str| OAuthError { basic: used_basic, ..OAuthError::new("invalid_client", d) };
+
+    let client: Option<&Credential> = client_id
+        .strip_prefix(ts.client_id_prefix.as_str())
+        .and_then(|id| snap.credentials.clients.get(id))
+        .map(|c| c.as_ref());
+    let secret_ok = match client.and_then(|c| c.secret.as_ref()) {
+        Some(stored) => verify_secret(stored, &secret),
+        None => {
+            let _ = verify_argon2(dummy_hash(), &secret);
+            false
+        }
+    };
+    let client = match client {
+        Some(c) if secret_ok => c,
+        _ => return Err(bad_client("the client is unknown or the secret is wrong")),
+    };
+    if client.disabled {
+        return Err(bad_client("the client is disabled"));
+    }
+    if client.is_expired(now) {
+        return Err(bad_client("the client has expired"));
+    }
+    if !client.allows_ip(client_ip) {
+        return Err(bad_client("the client may not authenticate from this address"));
+    }
+    let scope: Vec<String> = match get("scope") {
+        None => client.grants.iter().map(|p| p.as_str().to_string()).collect(),
+        Some(s) => {
+            let mut out = Vec::new();
+            for item in s.split(' ').filter(|x| !x.is_empty()) {
+                let p = Permission::parse(item)
+                    .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
+                if !client.grants.iter().any(|g| p.is_within(g)) {
+                    return Err(OAuthError::new("invalid_scope", format!("{item} is not granted to this client")));
+                }
+                out.push(item.to_string());
+            }
+            if out.is_empty() {
+                return Err(OAuthError::new("invalid_scope", "the scope is empty"));
+            }
+            out
+        }
+    };
+    let scope = scope.join(" ");
+    let exp = (now + ts.lifetime as i64).min(client.expires_at);
+    let token = sign(ts, signer, &client_id, &scope, now, exp)
+        .map_err(|_| OAuthError::new("server_error", "the token could not be signed"))?;
+    let body = json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": exp - now,
+        "scope": scope,
+    });
+    Ok((client.id.to_string(), body.to_string()))
+}
+
+/// Signs an RFC 9068 access token.
+pub fn sign(
+    ts: &TokenSettings,
+    signer: &SigningKey,
+    client_id: &str,
+    scope: &str,
+    now: i64,
+    exp: i64,
+) -> jsonwebtoken::errors::Result<String> {
+    let mut header = Header::new(signer.alg);
+    header.typ = Some("at+jwt".into());
+    header.kid = Some(signer.kid.clone());
+    let claims = json!({
+        "iss": ts.issuer,
+        "aud": ts.audience,
+        "sub": client_id,
+        "client_id": client_id,
+        "iat": now,
+        "exp": exp,
+        "jti": format!("{:032x}", rand::random::<u128>()),
+        "scope": scope,
+    });
+    jsonwebtoken::encode(&header, &claims, &signer.encoding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let v = format!("Basic {}", STANDARD.encode("wallet%3Aacme:p%40ss+word"));
+        assert_eq!(parse_basic(&v), Some(("wallet:acme".into(), "p@ss word".into())));
+        assert_eq!(parse_basic("Bearer x"), None);
+        assert_eq!(parse_basic("Basic !!!"), None);
+    }
+
+    #[test]
+    fn secrets_verify_in_both_formats() {
+        let h: [u8; 32] = Sha256::digest(b"s3cret").into();
+        assert!(verify_secret(&SecretHash::Sha256(h), "s3cret"));
+        assert!(!verify_secret(&SecretHash::Sha256(h), "s3cret!"));
+        let salt = SaltString::from_b64("c2FsdHNhbHRzYWx0").unwrap();
+        let phc = Argon2::default().hash_password(b"s3cret", &salt).unwrap().to_string();
+        assert!(verify_secret(&SecretHash::Argon2(phc.clone()), "s3cret"));
+        assert!(!verify_secret(&SecretHash::Argon2(phc), "nope"));
+        assert!(!dummy_hash().is_empty());
+    }
+}

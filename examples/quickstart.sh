@@ -18,6 +18,8 @@ echo "==> building (the first build of pingora takes a few minutes)"
 cargo build --quiet --bin portcullis --example mock_wallet
 
 BIN=target/debug/portcullis
+# The token signing key is a secret and never in the repository: make one on first run.
+[ -f config/keys/signing.pem ] || "$BIN" keygen --out config/keys/signing.pem
 "$BIN" check --config config/portcullis.yaml
 
 pids=()
@@ -36,9 +38,11 @@ done
 
 show() {
   echo
-  echo "\$ $*"
+  printf '$'; printf ' %q' "$@" | sed "s/$token_re/\$TOKEN/g"; echo
   "$@" -s -w '\n-> HTTP %{http_code}\n' || true
 }
+token_re='eyJ[A-Za-z0-9_.-]*'
+
 echo
 echo "==> allowed: alice's example key reads balances of vault v-123"
 show curl -H 'x-api-key: example-wallets-key-not-secret' http://127.0.0.1:8080/v1/vaults/v-123/balances
@@ -51,6 +55,16 @@ show curl -H 'x-api-key: example-vault-reader-key-not-secret' http://127.0.0.1:8
 echo
 echo "==> denied: a path traversal attempt (400)"
 show curl --path-as-is -H 'x-api-key: example-wallets-key-not-secret' 'http://127.0.0.1:8080/v1/vaults/v-123/../../admin'
+echo
+echo "==> OAuth 2.0 client credentials: get a token, then use it"
+echo "\$ curl -d grant_type=client_credentials -u reporting-service:example-reporting-secret-not-secret http://127.0.0.1:8080/oauth/token"
+resp=$(curl -s -d grant_type=client_credentials -u reporting-service:example-reporting-secret-not-secret http://127.0.0.1:8080/oauth/token)
+echo "$resp" | cut -c1-120; echo "   …"
+token=$(printf '%s' "$resp" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+show curl -H "Authorization: Bearer $token" http://127.0.0.1:8080/v1/transactions
+echo
+echo "==> denied: the reporting token may not create vaults (403)"
+show curl -X POST -H "Authorization: Bearer $token" http://127.0.0.1:8080/v1/vaults
 echo
 echo "Audit log: /tmp/portcullis-audit.log"
 if [ "${QUICKSTART_EXIT:-0}" = "1" ]; then exit 0; fi

@@ -29,6 +29,18 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Generate a token signing key (PKCS#8 PEM), written with mode 0600.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+        /// ed25519 (default) or p256.
+        #[arg(long, default_value = "ed25519")]
+        alg: String,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Validate the config and every file it names; print a summary and warnings.
     Check {
         #[arg(long, short)]
@@ -47,7 +59,38 @@ fn main() -> ExitCode {
             ExitCode::from(code as u8)
         }
         Command::Serve { config } => serve(config),
+        Command::Keygen { out, alg, force } => match keygen(&out, &alg, force) {
+            Ok(kid) => {
+                println!("wrote {} (kid {kid})", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portcullis keygen: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
+}
+
+fn keygen(out: &std::path::Path, alg: &str, force: bool) -> Result<String, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pem = portcullis::token::keys::generate_pem(alg)?;
+    let kid = portcullis::token::keys::load_signing_key(&pem)?.kid;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(0o600);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts.open(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    f.write_all(pem.as_bytes()).map_err(|e| format!("{}: {e}", out.display()))?;
+    f.sync_all().map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(kid)
 }
 
 fn serve(path: PathBuf) -> ExitCode {

@@ -40,7 +40,7 @@ impl Settings {
 }
 
 /// Token issuing and validation settings (`tokens:`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSettings {
     pub issuer: String,
     pub audience: String,
@@ -75,7 +75,7 @@ impl CredentialKind {
 }
 
 /// How an OAuth client's secret is stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretHash {
     /// A `$argon2id$` PHC string.
     Argon2(String),

@@ -225,7 +225,7 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
         files.push(path.clone());
         match std::fs::read_to_string(&path) {
             Err(e) => {
-                sink.errors.push(ConfigError::new(&path, None, format!("cannot read the signing key: {e}")));
+                sink.errors.push(ConfigError::new(&path, None, format!("cannot read the signing key: {e} (create one with `portcullis keygen --out {}`)", path.display())));
                 None
             }
             Ok(pem) => match crate::token::keys::load_signing_key(&pem) {

@@ -36,6 +36,21 @@ pub struct SigningKey {
     pub jwk: Value,
 }
 
+/// Keys compare by `kid` and algorithm (the `kid` is a thumbprint of the public key).
+impl PartialEq for VerifyKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.kid == other.kid && self.alg == other.alg
+    }
+}
+impl Eq for VerifyKey {}
+
+impl PartialEq for SigningKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.kid == other.kid && self.alg == other.alg
+    }
+}
+impl Eq for SigningKey {}
+
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SigningKey").field("kid", &self.kid).field("alg", &self.alg).finish()
@@ -136,6 +151,37 @@ pub fn load_signing_key(pem: &str) -> Result<SigningKey, String> {
     })
 }
 
+/// Generates a new PKCS#8 PEM private key: `ed25519` (default) or `p256`.
+pub fn generate_pem(alg: &str) -> Result<String, String> {
+    let rng = ring::rand::SystemRandom::new();
+    let der = match alg {
+        "ed25519" | "EdDSA" => ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| "key generation failed".to_string())?
+            .as_ref()
+            .to_vec(),
+        "p256" | "P-256" | "ES256" => ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .map_err(|_| "key generation failed".to_string())?
+        .as_ref()
+        .to_vec(),
+        other => {
+            return Err(format!(
+                "cannot generate {other:?} keys: use ed25519 or p256 (for RSA: openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048)"
+            ))
+        }
+    };
+    let b64 = STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    Ok(pem)
+}
+
 /// The JOSE name of an algorithm.
 pub fn alg_name(alg: Algorithm) -> &'static str {
     match alg {
@@ -223,6 +269,13 @@ mod tests {
         let k = load_signing_key(&pem(ec.as_ref())).unwrap();
         assert_eq!(k.alg, Algorithm::ES256);
         assert_eq!(k.jwk["crv"], "P-256");
+    }
+
+    #[test]
+    fn generated_keys_load() {
+        assert_eq!(load_signing_key(&generate_pem("ed25519").unwrap()).unwrap().alg, Algorithm::EdDSA);
+        assert_eq!(load_signing_key(&generate_pem("p256").unwrap()).unwrap().alg, Algorithm::ES256);
+        assert!(generate_pem("rsa").is_err());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use keys::VerifyKey;
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// An identity provider whose tokens we accept (`tokens.external_issuers`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalIssuer {
     pub issuer: String,
     pub audience: String,

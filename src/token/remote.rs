@@ -30,6 +30,14 @@ impl std::fmt::Debug for RemoteJwks {
     }
 }
 
+/// Fetchers compare by URL (one per URL per process).
+impl PartialEq for RemoteJwks {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url
+    }
+}
+impl Eq for RemoteJwks {}
+
 impl RemoteJwks {
     /// The current key set (possibly empty before the first successful fetch).
     pub fn keys(&self) -> Arc<Vec<VerifyKey>> {

@@ -1,0 +1,100 @@
+//! Every YAML file under config/ and examples/ parses, and every portcullis config there
+//! passes `portcullis check` (with a freshly generated signing key where one is named).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
+            out.push(p);
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+fn is_portcullis_config(text: &str) -> bool {
+    text.lines().any(|l| l.starts_with("listen:")) && text.lines().any(|l| l.starts_with("upstream:"))
+}
+
+#[test]
+fn every_yaml_file_parses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    yaml_files(&root.join("config"), &mut files);
+    yaml_files(&root.join("examples"), &mut files);
+    assert!(!files.is_empty());
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: Result<serde_yaml::Value, _> = serde::Deserialize::deserialize(doc);
+            assert!(v.is_ok(), "{}: {:?}", f.display(), v.err());
+        }
+    }
+}
+
+#[test]
+fn every_portcullis_config_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let mut files = Vec::new();
+    yaml_files(&root.join("config"), &mut files);
+    yaml_files(&root.join("examples"), &mut files);
+    let mut checked = 0;
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        if !is_portcullis_config(&text) {
+            continue;
+        }
+        // Work on a copy, so keys generated for the check never land in the tree.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = f.parent().unwrap();
+        copy_dir(dir, tmp.path());
+        let cfg = tmp.path().join(f.file_name().unwrap());
+        let raw: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        if let Some(key) = raw.get("tokens").and_then(|t| t.get("signing_key")).and_then(|k| k.as_str()) {
+            let key_path = tmp.path().join(key);
+            if !key_path.exists() {
+                let st = Command::new(bin).args(["keygen", "--out"]).arg(&key_path).status().unwrap();
+                assert!(st.success());
+            }
+        }
+        let out = Command::new(bin).args(["check", "--config"]).arg(&cfg).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} does not pass check:\n{}{}",
+            f.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 1, "no portcullis config found under config/ or examples/");
+}
+
+#[test]
+fn check_fails_on_a_bad_config_naming_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("portcullis.yaml");
+    std::fs::write(&cfg, "listen: \"127.0.0.1:1\"\nupstream: \"127.0.0.1:2\"\nroutes:\n  - match: \"GET /a\"\n    requires: \"x:read\"\n").unwrap();
+    std::fs::write(tmp.path().join("credentials.yaml"), "api_keys: []\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("portcullis.yaml:5"), "{text}");
+    assert!(text.contains("requires"), "{text}");
+}

@@ -47,6 +47,16 @@ fn peer_ip(session: &Session) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
+/// Whether the HTTP/1 request line's target holds a `#`. pingora's parser drops a fragment
+/// before the target reaches us; SPEC §5 wants such a target refused, not rewritten.
+fn request_line_has_fragment(session: &Session) -> bool {
+    session.as_downstream().as_http1().is_some_and(|h1| {
+        let raw = h1.get_headers_raw_bytes();
+        let end = raw.iter().position(|b| *b == b'\n').unwrap_or(raw.len());
+        raw[..end].contains(&b'#')
+    })
+}
+
 /// Writes a rejection as the whole response.
 async fn respond(session: &mut Session, rej: &Rejection, request_id: &str) -> Result<()> {
     let body = rej.body(request_id);
@@ -175,6 +185,7 @@ impl ProxyHttp for Portcullis {
             target: req.raw_path(),
             headers: &req.headers,
             peer,
+            had_fragment: request_line_has_fragment(session),
         };
         let decision = pipeline::decide(&ctx.snap, &view, unix_now());
         let denied = decision.result.as_ref().err().cloned();

@@ -70,37 +70,34 @@ impl std::error::Error for ConfigErrors {}
 
 /// Finds the line of a YAML `key: value` pair in a file's text, so that validation errors
 /// (which serde cannot place) still name a line. Best effort: `None` when not found.
+/// Built in one pass over the text, so a lookup costs O(1) even for huge files.
 pub struct Locator<'a> {
     text: &'a str,
+    pairs: std::collections::HashMap<(&'a str, &'a str), Vec<usize>>,
 }
 
 impl<'a> Locator<'a> {
     pub fn new(text: &'a str) -> Self {
-        Locator { text }
+        let mut pairs: std::collections::HashMap<(&str, &str), Vec<usize>> = Default::default();
+        for (i, l) in text.lines().enumerate() {
+            let t = l.trim_start();
+            let t = t.strip_prefix("- ").map(str::trim_start).unwrap_or(t);
+            if let Some((k, rest)) = t.split_once(':') {
+                let v = unquote(strip_comment(rest).trim());
+                pairs.entry((k.trim_end(), v)).or_default().push(i + 1);
+            }
+        }
+        Locator { text, pairs }
     }
 
     /// 1-based line of the `nth` (0-based) line that reads `key: value`
     /// (optionally after `- `, value optionally quoted).
     pub fn pair(&self, key: &str, value: &str, nth: usize) -> Option<usize> {
-        self.text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| {
-                let t = l.trim_start();
-                let t = t.strip_prefix("- ").map(str::trim_start).unwrap_or(t);
-                match t.strip_prefix(key).and_then(|r| r.strip_prefix(':')) {
-                    Some(rest) => {
-                        let v = strip_comment(rest).trim();
-                        unquote(v) == value
-                    }
-                    None => false,
-                }
-            })
-            .nth(nth)
-            .map(|(i, _)| i + 1)
+        self.pairs.get(&(key, value)).and_then(|v| v.get(nth)).copied()
     }
 
-    /// 1-based line of the first line at or after `from` (1-based) containing `needle`.
+    /// 1-based line of the first line at or after `from` (1-based) containing `needle`;
+    /// `from` itself when there is none. Linear: for error paths only.
     pub fn contains_after(&self, from: Option<usize>, needle: &str) -> Option<usize> {
         let start = from.unwrap_or(1).saturating_sub(1);
         self.text

@@ -36,6 +36,9 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// The TCP peer.
     pub peer: IpAddr,
+    /// The request line's target carried a `#fragment` (which the HTTP parser drops
+    /// before `target` is seen): not origin-form, so rejected.
+    pub had_fragment: bool,
 }
 
 /// What was decided, and what was learned on the way (for the audit log and metrics).
@@ -55,6 +58,10 @@ impl Decision {
 
 /// Decides one request against one snapshot at `now` (unix seconds), in SPEC §5 order.
 pub fn decide(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision {
+    if req.had_fragment {
+        let r = Rejection::new(Reason::InvalidRequest, "the request target contains a fragment");
+        return Decision::deny(r, None, None, None);
+    }
     let path = match sanity::check_target(req.target) {
         Ok(p) => p,
         Err(r) => return Decision::deny(r, None, None, None),

@@ -61,6 +61,17 @@ pub fn authenticate_bearer(snap: &Snapshot, token: &str, now: i64) -> Result<Ide
     Ok(identity)
 }
 
+/// Full verification without the cache (for benches and tests of the cold path).
+pub fn authenticate_bearer_uncached(snap: &Snapshot, token: &str, now: i64) -> Result<Identity, Rejection> {
+    let Some(ts) = &snap.tokens else {
+        return Err(invalid("Bearer tokens are not accepted here"));
+    };
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(invalid("the token is too large"));
+    }
+    verify_uncached(snap, ts, token, now).map(|(identity, _, _)| identity)
+}
+
 /// Splits a compact JWS and decodes its payload without trusting it (to pick the issuer).
 fn peek_payload(token: &str) -> Option<Map<String, Value>> {
     let mut parts = token.split('.');

@@ -77,6 +77,9 @@ pub fn serve_logged(listener: TcpListener, log: Log) {
 
 /// Answers requests on one connection until the peer closes or asks to close.
 fn handle_connection(stream: TcpStream, log: &Log) -> io::Result<()> {
+    // Head and body go out in two writes: without TCP_NODELAY, Nagle and delayed ACKs
+    // would add ~40 ms to every keep-alive response.
+    stream.set_nodelay(true)?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     loop {
@@ -85,7 +88,12 @@ fn handle_connection(stream: TcpStream, log: &Log) -> io::Result<()> {
         };
         let (method, target, version, headers) = parse_head(&head)?;
         let body_len = read_body(&mut reader, &headers)?;
-        let seen = Seen { method, target, headers, body_len };
+        let seen = Seen {
+            method,
+            target,
+            headers,
+            body_len,
+        };
         log.lock().unwrap_or_else(|p| p.into_inner()).push(seen.clone());
 
         if let Some(ms) = query_param(&seen.target, "slow_ms").and_then(|v| v.parse::<u64>().ok()) {
@@ -146,7 +154,10 @@ fn parse_head(head: &[u8]) -> io::Result<Head> {
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(' ');
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad request line {request_line:?}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad request line {request_line:?}"),
+        ));
     };
     let mut headers = Vec::new();
     for line in lines {
@@ -154,7 +165,10 @@ fn parse_head(head: &[u8]) -> io::Result<Head> {
             break;
         }
         let Some((name, value)) = line.split_once(':') else {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad header line {line:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad header line {line:?}"),
+            ));
         };
         headers.push((name.to_string(), value.trim().to_string()));
     }
@@ -162,14 +176,16 @@ fn parse_head(head: &[u8]) -> io::Result<Head> {
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Reads the request body (chunked or Content-Length) and returns its length.
 fn read_body(reader: &mut BufReader<TcpStream>, headers: &[(String, String)]) -> io::Result<usize> {
     let chunked = headers.iter().any(|(n, v)| {
-        n.eq_ignore_ascii_case("transfer-encoding")
-            && v.split(',').any(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        n.eq_ignore_ascii_case("transfer-encoding") && v.split(',').any(|c| c.trim().eq_ignore_ascii_case("chunked"))
     });
     if chunked {
         return read_chunked(reader);

@@ -12,5 +12,6 @@ pub mod permission;
 pub mod pipeline;
 pub mod proxy;
 pub mod rejection;
+pub mod reload;
 pub mod telemetry;
 pub mod token;

@@ -115,6 +115,7 @@ fn serve(path: PathBuf) -> ExitCode {
         "portcullis starting"
     );
     let shared: config::Shared = Arc::new(ArcSwap::from_pointee(snap));
+    let reload = portcullis::reload::reload_service(path, shared.clone(), |_: &portcullis::reload::ReloadResult| {});
 
     let conf = ServerConf {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -131,5 +132,6 @@ fn serve(path: PathBuf) -> ExitCode {
     );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
+    server.add_service(pingora::services::background::background_service("config reload", reload));
     server.run_forever();
 }

@@ -112,7 +112,10 @@ pub fn bin() -> &'static str {
 
 /// Writes `portcullis.yaml` and `credentials.yaml` into a new temp dir.
 pub fn write_config(main_yaml: &str, credentials_yaml: &str) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("portcullis-test").tempdir().expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("portcullis-test")
+        .tempdir()
+        .expect("temp dir");
     fs::write(dir.path().join("portcullis.yaml"), main_yaml).expect("write portcullis.yaml");
     fs::write(dir.path().join("credentials.yaml"), credentials_yaml).expect("write credentials.yaml");
     dir
@@ -129,6 +132,11 @@ pub fn main_head(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) ->
 }
 
 impl Proxy {
+    /// The sidecar's process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts the sidecar with `main_head(..)` + `main_extra` as `portcullis.yaml`
     /// and `credentials_yaml`, and waits until it accepts connections.
     pub fn start(upstream: SocketAddr, main_extra: &str, credentials_yaml: &str) -> Proxy {
@@ -155,7 +163,12 @@ impl Proxy {
             .stderr(stderr)
             .spawn()
             .expect("spawn portcullis");
-        let mut proxy = Proxy { child, addr, admin_addr, dir };
+        let mut proxy = Proxy {
+            child,
+            addr,
+            admin_addr,
+            dir,
+        };
         proxy.wait_ready();
         proxy
     }
@@ -289,7 +302,11 @@ impl Response {
     /// The body as JSON; panics with the body if it is not JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("response body is not JSON ({e}): status {} body {:?}", self.status, self.body_text())
+            panic!(
+                "response body is not JSON ({e}): status {} body {:?}",
+                self.status,
+                self.body_text()
+            )
         })
     }
 
@@ -319,13 +336,19 @@ pub fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> Vec<u8> 
 
 pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> Response {
     try_send_raw(None, addr, raw).unwrap_or_else(|e| {
-        panic!("request to {addr} failed: {e}\n--- request ---\n{}", String::from_utf8_lossy(raw))
+        panic!(
+            "request to {addr} failed: {e}\n--- request ---\n{}",
+            String::from_utf8_lossy(raw)
+        )
     })
 }
 
 pub fn send_raw_from(from: IpAddr, addr: SocketAddr, raw: &[u8]) -> Response {
     try_send_raw(Some(from), addr, raw).unwrap_or_else(|e| {
-        panic!("request from {from} to {addr} failed: {e}\n--- request ---\n{}", String::from_utf8_lossy(raw))
+        panic!(
+            "request from {from} to {addr} failed: {e}\n--- request ---\n{}",
+            String::from_utf8_lossy(raw)
+        )
     })
 }
 
@@ -364,7 +387,10 @@ pub fn read_response(stream: &mut TcpStream, head_request: bool) -> io::Result<R
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("connection closed before a complete response head; got {:?}", String::from_utf8_lossy(&buf)),
+                format!(
+                    "connection closed before a complete response head; got {:?}",
+                    String::from_utf8_lossy(&buf)
+                ),
             ));
         }
         buf.extend_from_slice(&chunk[..n]);
@@ -399,7 +425,10 @@ pub fn read_response(stream: &mut TcpStream, head_request: bool) -> io::Result<R
         while rest.len() < len {
             let n = stream.read(&mut chunk)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside body"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside body",
+                ));
             }
             rest.extend_from_slice(&chunk[..n]);
         }
@@ -423,7 +452,10 @@ fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Vec<u8>
         while buf.len() < want {
             let n = stream.read(&mut chunk)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside chunked body"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside chunked body",
+                ));
             }
             buf.extend_from_slice(&chunk[..n]);
         }
@@ -474,19 +506,35 @@ fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Vec<u8>
 /// `error_description` and `request_id`. Returns the body. `code` `None` accepts
 /// any non-empty `error`.
 pub fn assert_error(resp: &Response, status: u16, code: Option<&str>) -> serde_json::Value {
-    let ctx = format!("status {} headers {:?} body {:?}", resp.status, resp.headers, resp.body_text());
+    let ctx = format!(
+        "status {} headers {:?} body {:?}",
+        resp.status,
+        resp.headers,
+        resp.body_text()
+    );
     assert_eq!(resp.status, status, "unexpected status; {ctx}");
     let ct = resp.header("content-type").unwrap_or_default();
-    assert!(ct.starts_with("application/json"), "error Content-Type is not application/json; {ctx}");
-    let body = resp.try_json().unwrap_or_else(|| panic!("error body is not JSON; {ctx}"));
-    let error = body["error"].as_str().unwrap_or_else(|| panic!("no string `error` in body; {ctx}"));
+    assert!(
+        ct.starts_with("application/json"),
+        "error Content-Type is not application/json; {ctx}"
+    );
+    let body = resp
+        .try_json()
+        .unwrap_or_else(|| panic!("error body is not JSON; {ctx}"));
+    let error = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string `error` in body; {ctx}"));
     assert!(!error.is_empty(), "empty `error`; {ctx}");
     if let Some(code) = code {
         assert_eq!(error, code, "unexpected error code; {ctx}");
     }
-    let desc = body["error_description"].as_str().unwrap_or_else(|| panic!("no string `error_description`; {ctx}"));
+    let desc = body["error_description"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string `error_description`; {ctx}"));
     assert!(!desc.is_empty(), "empty `error_description`; {ctx}");
-    let rid = body["request_id"].as_str().unwrap_or_else(|| panic!("no string `request_id`; {ctx}"));
+    let rid = body["request_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string `request_id`; {ctx}"));
     assert!(!rid.is_empty(), "empty `request_id`; {ctx}");
     body
 }
@@ -498,8 +546,15 @@ pub fn check_error(resp: &Response, status: u16, code: &str) -> Result<(), Strin
     if resp.status != status {
         return Err(format!("expected {status} {code}; {ctx}"));
     }
-    if !resp.header("content-type").unwrap_or_default().starts_with("application/json") {
-        return Err(format!("Content-Type {:?} is not application/json; {ctx}", resp.header("content-type")));
+    if !resp
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("application/json")
+    {
+        return Err(format!(
+            "Content-Type {:?} is not application/json; {ctx}",
+            resp.header("content-type")
+        ));
     }
     let Some(body) = resp.try_json() else {
         return Err(format!("body is not JSON; {ctx}"));
@@ -527,9 +582,17 @@ pub struct Echo {
 impl Echo {
     /// Parses the mock's echo from a forwarded (200) response; panics otherwise.
     pub fn from(resp: &Response) -> Echo {
-        assert_eq!(resp.status, 200, "expected a forwarded 200; body {:?}", resp.body_text());
+        assert_eq!(
+            resp.status,
+            200,
+            "expected a forwarded 200; body {:?}",
+            resp.body_text()
+        );
         let v = resp.json();
-        assert_eq!(v["service"], "mock-wallet", "response is not the mock upstream's echo: {v}");
+        assert_eq!(
+            v["service"], "mock-wallet",
+            "response is not the mock upstream's echo: {v}"
+        );
         let headers = v["headers"]
             .as_array()
             .expect("echo headers")
@@ -561,7 +624,11 @@ impl Echo {
     pub fn one(&self, name: &str) -> &str {
         match self.values(name).as_slice() {
             [v] => v,
-            other => panic!("upstream saw {} `{name}` headers {other:?}; all headers {:?}", other.len(), self.headers),
+            other => panic!(
+                "upstream saw {} `{name}` headers {other:?}; all headers {:?}",
+                other.len(),
+                self.headers
+            ),
         }
     }
 

@@ -95,7 +95,11 @@ impl AdminApp {
     /// The response for `endpoint`.
     pub async fn answer(&self, endpoint: Endpoint) -> Response<Vec<u8>> {
         match endpoint {
-            Endpoint::Metrics => reply(StatusCode::OK, metrics::CONTENT_TYPE, self.metrics.render().into_bytes()),
+            Endpoint::Metrics => reply(
+                StatusCode::OK,
+                metrics::CONTENT_TYPE,
+                self.metrics.render().into_bytes(),
+            ),
             Endpoint::Health => text(StatusCode::OK, "ok\n"),
             Endpoint::Ready => match self.readiness().await {
                 Ok(()) => text(StatusCode::OK, "ready\n"),
@@ -104,7 +108,8 @@ impl AdminApp {
             Endpoint::NotFound => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n"),
             Endpoint::MethodNotAllowed => {
                 let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET\n");
-                resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+                resp.headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
                 resp
             }
         }
@@ -116,12 +121,13 @@ fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let len = body.len();
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
-    headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(resp.body().len()));
+    headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
     resp
 }
 
@@ -131,7 +137,10 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let endpoint = endpoint(&req.method, req.uri.path());
         // The request body is never read: close rather than let it be taken for the next request.
-        let has_body = req.headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+        let has_body = req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
             || req.headers.contains_key(header::TRANSFER_ENCODING);
         if has_body || endpoint == Endpoint::MethodNotAllowed {
             session.set_keepalive(None);
@@ -185,18 +194,21 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let app = AdminApp::new(metrics.clone(), &addr);
         assert_eq!(app.readiness().await, Err("no valid config is loaded"));
-        assert_eq!(app.answer(Endpoint::Ready).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            app.answer(Endpoint::Ready).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
 
-        let snap = crate::config::Snapshot {
-            content_hash: "h".into(),
-            ..test_snapshot()
-        };
+        let snap = crate::metrics::tests::load_snapshot(&[], &[], &[]);
         metrics.on_snapshot(&snap, 0);
         assert_eq!(app.readiness().await, Ok(()));
         assert_eq!(app.answer(Endpoint::Ready).await.status(), StatusCode::OK);
 
         drop(listener);
-        assert_eq!(app.readiness().await, Err("the proxy listener is not accepting connections"));
+        assert_eq!(
+            app.readiness().await,
+            Err("the proxy listener is not accepting connections")
+        );
     }
 
     #[tokio::test]
@@ -210,28 +222,5 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(resp.headers()[header::ALLOW], "GET");
         assert_eq!(app.answer(Endpoint::Health).await.body(), b"ok\n");
-    }
-
-    fn test_snapshot() -> crate::config::Snapshot {
-        use crate::config::{CredentialStore, Environment, RouteTable, Settings, Snapshot};
-        Snapshot {
-            settings: Settings {
-                listen: "127.0.0.1:0".into(),
-                admin_listen: "127.0.0.1:0".into(),
-                upstream: ([127, 0, 0, 1], 1).into(),
-                upstream_text: "127.0.0.1:1".into(),
-                environment: Environment::Sandbox,
-                trusted_proxies: Vec::new(),
-                shutdown_grace: 10,
-                upstream_timeout: Duration::from_secs(30),
-                upstream_connect_timeout: Duration::from_secs(5),
-            },
-            routes: RouteTable::default(),
-            credentials: CredentialStore::default(),
-            tokens: None,
-            warnings: Vec::new(),
-            files: Vec::new(),
-            content_hash: String::new(),
-        }
     }
 }

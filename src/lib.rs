@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod permission;
 pub mod pipeline;
 pub mod proxy;

@@ -114,8 +114,18 @@ fn serve(path: PathBuf) -> ExitCode {
         credentials = snap.credentials.all.len(),
         "portcullis starting"
     );
+    let metrics = Arc::new(portcullis::metrics::Metrics::new());
+    metrics.on_snapshot(&snap, config::unix_now());
+    let admin_listen = snap.settings.admin_listen.clone();
     let shared: config::Shared = Arc::new(ArcSwap::from_pointee(snap));
-    let reload = portcullis::reload::reload_service(path, shared.clone(), |_: &portcullis::reload::ReloadResult| {});
+    let (m, s) = (metrics.clone(), shared.clone());
+    let reload = portcullis::reload::reload_service(path, shared.clone(), move |r: &portcullis::reload::ReloadResult| {
+        let now = config::unix_now();
+        if matches!(r, portcullis::reload::ReloadResult::Applied { .. }) {
+            m.on_snapshot(&s.load(), now);
+        }
+        m.on_reload(r.is_success(), now);
+    });
 
     let conf = ServerConf {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -127,11 +137,12 @@ fn serve(path: PathBuf) -> ExitCode {
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Portcullis { config: shared },
+        Portcullis { config: shared, metrics: metrics.clone() },
         "portcullis proxy",
     );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
+    server.add_service(portcullis::admin::service(metrics, &admin_listen, &listen));
     server.add_service(pingora::services::background::background_service("config reload", reload));
     server.run_forever();
 }

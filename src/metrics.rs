@@ -5,7 +5,9 @@
 //! name, a reason code or a member of a fixed enum. A value a caller could influence —
 //! an unknown route, a credential name the current snapshot does not hold, an external
 //! token's subject — is replaced by `""` (the Prometheus convention for "no value"), so
-//! no request can create a new series.
+//! no request can create a new series. Per-credential gauges follow the config in force
+//! exactly; counters keep the series of routes and credentials that a reload deleted
+//! until restart (history, bounded by the configs seen).
 //!
 //! Families (all prefixed `portcullis_`):
 //!
@@ -33,8 +35,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus::{
-    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::config::{unix_now, Credential, CredentialKind, Snapshot};
@@ -48,17 +50,15 @@ pub const NONE: &str = "";
 
 /// Whole requests: sub-millisecond decisions up to the default 30 s upstream timeout.
 const REQUEST_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    30.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// Decisions: an API key lookup takes microseconds, an argon2id check tens of milliseconds.
 const AUTH_BUCKETS: &[f64] = &[
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0,
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
-/// The OAuth 2.0 error codes (RFC 6749 §5.2) and `ip_not_allowed`: the `reason` values of
-/// `portcullis_token_requests_refused_total`. Anything else is counted as `other`.
+/// The OAuth 2.0 error codes (RFC 6749 §5.2, plus `server_error`): the `reason` values
+/// of `portcullis_token_requests_refused_total`. Anything else is counted as `other`.
 pub const TOKEN_REFUSAL_REASONS: [&str; 8] = [
     "invalid_request",
     "invalid_client",
@@ -66,7 +66,7 @@ pub const TOKEN_REFUSAL_REASONS: [&str; 8] = [
     "unauthorized_client",
     "unsupported_grant_type",
     "invalid_scope",
-    "ip_not_allowed",
+    "server_error",
     "other",
 ];
 
@@ -98,7 +98,10 @@ impl Outcome {
     /// The outcome named by `code` (as written in the audit log); anything unknown is
     /// [`Outcome::Error`].
     pub fn from_code(code: &str) -> Outcome {
-        Outcome::ALL.into_iter().find(|o| o.as_str() == code).unwrap_or(Outcome::Error)
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == code)
+            .unwrap_or(Outcome::Error)
     }
 }
 
@@ -212,10 +215,10 @@ pub struct Metrics {
     requests: IntCounterVec,
     request_duration: HistogramVec,
     auth_duration: HistogramVec,
-    /// Indexed like [`Reason::ALL`].
-    denials: Vec<IntCounter>,
-    /// Indexed like [`Reason::ALL`].
-    shadow_denials: Vec<IntCounter>,
+    /// One counter per denial reason (the 4xx codes of [`Reason::ALL`]).
+    denials: Vec<(Reason, IntCounter)>,
+    /// Like `denials`, for shadow mode.
+    shadow_denials: Vec<(Reason, IntCounter)>,
     upstream_unavailable: IntCounter,
     upstream_timeout: IntCounter,
     tokens_issued: IntCounterVec,
@@ -243,16 +246,23 @@ impl Default for Metrics {
 /// Registers `c` in `r` and returns it. Every definition here is static and unique, so
 /// this cannot fail unless the code above is wrong.
 fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-    r.register(Box::new(c.clone())).expect("metric definitions are static and unique");
+    r.register(Box::new(c.clone()))
+        .expect("metric definitions are static and unique");
     c
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    reg(r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter definition"))
+    reg(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter definition"),
+    )
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    reg(r, GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge definition"))
+    reg(
+        r,
+        GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge definition"),
+    )
 }
 
 fn histogram_vec(r: &Registry, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
@@ -292,7 +302,8 @@ impl Metrics {
         let denials_vec = counter_vec(
             &r,
             "portcullis_denials_total",
-            "Requests denied by the sidecar, by reason code.",
+            "Requests denied by the sidecar (4xx), by reason code. Upstream failures are in \
+             portcullis_upstream_errors_total.",
             &["reason"],
         );
         let shadow_vec = counter_vec(
@@ -322,14 +333,14 @@ impl Metrics {
         let reloads = counter_vec(
             &r,
             "portcullis_config_reloads_total",
-            "Config loads by result; the initial load counts as a success.",
+            "Config reload attempts by result (the initial load is not counted).",
             &["result"],
         );
         let last_reload_success = reg(
             &r,
             Gauge::new(
                 "portcullis_config_last_reload_success_timestamp_seconds",
-                "Unix time of the last successful config load.",
+                "Unix time of the last successful config load (the initial one or a reload).",
             )
             .expect("valid gauge definition"),
         );
@@ -344,7 +355,10 @@ impl Metrics {
         let config_info = reg(
             &r,
             IntGaugeVec::new(
-                Opts::new("portcullis_config_info", "The config in force: SHA-256 of its files, always 1."),
+                Opts::new(
+                    "portcullis_config_info",
+                    "The config in force: SHA-256 of its files, always 1.",
+                ),
                 &["hash"],
             )
             .expect("valid gauge definition"),
@@ -374,8 +388,13 @@ impl Metrics {
             .expect("valid gauge definition"),
         );
 
-        let denials = Reason::ALL.iter().map(|r| denials_vec.with_label_values(&[r.code()])).collect();
-        let shadow_denials = Reason::ALL.iter().map(|r| shadow_vec.with_label_values(&[r.code()])).collect();
+        let denial_reasons = || Reason::ALL.into_iter().filter(|r| r.status() < 500);
+        let denials = denial_reasons()
+            .map(|r| (r, denials_vec.with_label_values(&[r.code()])))
+            .collect();
+        let shadow_denials = denial_reasons()
+            .map(|r| (r, shadow_vec.with_label_values(&[r.code()])))
+            .collect();
         for reason in TOKEN_REFUSAL_REASONS {
             token_refused.with_label_values(&[reason]);
         }
@@ -384,7 +403,12 @@ impl Metrics {
                 credentials.with_label_values(&[kind.as_str(), state.as_str()]).set(0);
             }
         }
-        for kind in [Some(CredentialKind::Client), Some(CredentialKind::ApiKey), Some(CredentialKind::External), None] {
+        for kind in [
+            Some(CredentialKind::Client),
+            Some(CredentialKind::ApiKey),
+            Some(CredentialKind::External),
+            None,
+        ] {
             auth_duration.with_label_values(&[auth_kind(kind)]);
         }
         Metrics {
@@ -424,8 +448,10 @@ impl Metrics {
 
     /// `snap` is now in force (at start, or after a successful reload): the known routes
     /// and credentials become exactly those of `snap` — series of deleted credentials
-    /// disappear, those of remaining ones keep their last-use time — and `config_info`
-    /// carries only `snap`'s hash. `now` (unix seconds) judges which credentials are expired.
+    /// disappear, those of remaining ones keep their last-use time — `config_info`
+    /// carries only `snap`'s hash, and `now` (unix seconds) is the time of the last good
+    /// load. `now` also judges which credentials are expired. Counts no reload: at start
+    /// nothing was reloaded; after a reload, call [`Metrics::on_reload`] too.
     pub fn on_snapshot(&self, snap: &Snapshot, now: i64) {
         let mut hash = self.update.lock().unwrap_or_else(|p| p.into_inner());
 
@@ -440,14 +466,28 @@ impl Metrics {
         let mut credentials = HashMap::with_capacity(snap.credentials.all.len());
         for c in &snap.credentials.all {
             let labels = [c.id.as_ref(), c.kind.as_str()];
-            self.credential_expiry.with_label_values(&labels).set(c.expires_at as f64);
+            self.credential_expiry
+                .with_label_values(&labels)
+                .set(c.expires_at as f64);
             // Returns the existing child, with its value, for a credential that stays.
             let last_used = self.credential_last_used.with_label_values(&labels);
-            credentials.insert(c.id.clone(), KnownCredential { credential: c.clone(), last_used });
+            if c.kind == CredentialKind::Client {
+                // Present at 0 from the start, so that rate() and absence alerts work.
+                self.tokens_issued.with_label_values(&[c.id.as_ref()]);
+            }
+            credentials.insert(
+                c.id.clone(),
+                KnownCredential {
+                    credential: c.clone(),
+                    last_used,
+                },
+            );
         }
         let previous = self.labels.load();
         for (name, old) in &previous.credentials {
-            let kept = credentials.get(name).is_some_and(|c| c.credential.kind == old.credential.kind);
+            let kept = credentials
+                .get(name)
+                .is_some_and(|c| c.credential.kind == old.credential.kind);
             if !kept {
                 let labels = [name.as_ref(), old.credential.kind.as_str()];
                 let _ = self.credential_expiry.remove_label_values(&labels);
@@ -457,11 +497,15 @@ impl Metrics {
         let routes = snap.routes.routes.iter().map(|r| r.id.clone()).collect();
         self.labels.store(Arc::new(Labels { routes, credentials }));
         self.set_credential_counts(now);
+        self.last_reload_success.set(now as f64);
+        self.last_reload_successful.set(1);
         self.config_loaded.store(true, Ordering::Release);
     }
 
-    /// A config load finished: counts it by result. On success also records `now` as the
-    /// time of the last good load (call [`Metrics::on_snapshot`] with the new snapshot too).
+    /// A reload attempt finished: counts it by result and records whether it succeeded;
+    /// on success `now` is the time of the last good load (a reload that found the files
+    /// unchanged is a success too). When it put a new snapshot in force, call
+    /// [`Metrics::on_snapshot`] as well.
     pub fn on_reload(&self, success: bool, now: i64) {
         if success {
             self.reloads_success.inc();
@@ -477,7 +521,10 @@ impl Metrics {
     /// hash lookups, and the prometheus crate's own per-child lookups.
     pub fn observe_request(&self, r: &RequestObservation<'_>) {
         let labels = self.labels.load();
-        let route = r.route.and_then(|id| labels.routes.get(id)).map_or(NONE, |id| id.as_ref());
+        let route = r
+            .route
+            .and_then(|id| labels.routes.get(id))
+            .map_or(NONE, |id| id.as_ref());
         let known = match (r.credential, r.kind) {
             (Some(name), Some(kind)) => labels
                 .credentials
@@ -486,10 +533,9 @@ impl Metrics {
             _ => None,
         };
         let credential = known.map_or(NONE, |(name, _)| name.as_ref());
-        self.requests
-            .with_label_values(&[route, credential, r.outcome.as_str(), status_class(r.status)])
-            .inc();
-        self.request_duration.with_label_values(&[route]).observe(r.duration.as_secs_f64());
+        self.request_duration
+            .with_label_values(&[route])
+            .observe(r.duration.as_secs_f64());
         if let Some(reason) = r.reason {
             match reason {
                 Reason::UpstreamUnavailable => self.upstream_unavailable.inc(),
@@ -499,7 +545,7 @@ impl Metrics {
                         Outcome::ShadowDenied => &self.shadow_denials,
                         _ => &self.denials,
                     };
-                    if let Some(c) = reason_index(reason).and_then(|i| per_reason.get(i)) {
+                    if let Some((_, c)) = per_reason.iter().find(|(r, _)| *r == reason) {
                         c.inc();
                     }
                 }
@@ -511,12 +557,18 @@ impl Metrics {
                 c.last_used.set(r.now as f64);
             }
         }
+        // Last: a scrape that sees the request counted sees all of its other effects.
+        self.requests
+            .with_label_values(&[route, credential, r.outcome.as_str(), status_class(r.status)])
+            .inc();
     }
 
     /// Records the time spent deciding one request; `kind` is the kind of the credential
     /// that authenticated, `None` if none did.
     pub fn observe_auth(&self, kind: Option<CredentialKind>, elapsed: Duration) {
-        self.auth_duration.with_label_values(&[auth_kind(kind)]).observe(elapsed.as_secs_f64());
+        self.auth_duration
+            .with_label_values(&[auth_kind(kind)])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// The token endpoint issued a token to `client` (the configured client id) at `now`:
@@ -538,7 +590,10 @@ impl Metrics {
     /// The token endpoint refused a request with OAuth error `reason` (`invalid_client`,
     /// …); a code outside [`TOKEN_REFUSAL_REASONS`] counts as `other`.
     pub fn token_refused(&self, reason: &str) {
-        let reason = TOKEN_REFUSAL_REASONS.into_iter().find(|r| *r == reason).unwrap_or("other");
+        let reason = TOKEN_REFUSAL_REASONS
+            .into_iter()
+            .find(|r| *r == reason)
+            .unwrap_or("other");
         self.token_refused.with_label_values(&[reason]).inc();
     }
 
@@ -572,96 +627,89 @@ impl Metrics {
         let mut counts = [[0i64; CredentialState::ALL.len()]; CONFIGURED_KINDS.len()];
         for c in labels.credentials.values() {
             let kind = CONFIGURED_KINDS.iter().position(|k| *k == c.credential.kind);
-            let state = CredentialState::ALL.iter().position(|s| *s == CredentialState::of(&c.credential, now));
+            let state = CredentialState::ALL
+                .iter()
+                .position(|s| *s == CredentialState::of(&c.credential, now));
             if let (Some(k), Some(s)) = (kind, state) {
                 counts[k][s] += 1;
             }
         }
         for (k, kind) in CONFIGURED_KINDS.iter().enumerate() {
             for (s, state) in CredentialState::ALL.iter().enumerate() {
-                self.credentials.with_label_values(&[kind.as_str(), state.as_str()]).set(counts[k][s]);
+                self.credentials
+                    .with_label_values(&[kind.as_str(), state.as_str()])
+                    .set(counts[k][s]);
             }
         }
     }
 }
 
-fn reason_index(reason: Reason) -> Option<usize> {
-    Reason::ALL.iter().position(|r| *r == reason)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::config::{CredentialStore, Environment, Route, RouteTable, Settings};
+    use sha2::{Digest, Sha256};
 
-    const NOW: i64 = 1_800_000_000;
+    pub(crate) const NOW: i64 = 1_800_000_000;
 
-    fn cred(id: &str, kind: CredentialKind, expires_at: i64, disabled: bool) -> Arc<Credential> {
-        Arc::new(Credential {
-            id: Arc::from(id),
-            kind,
-            user: None,
-            user_missing: false,
-            roles: Vec::new(),
-            grants: Arc::from(Vec::new()),
-            allowed_ips: None,
-            expires_at,
-            expires_text: String::new(),
-            disabled,
-            description: None,
-            notes: None,
-            secret: None,
-        })
+    /// One credentials-file entry: `kind` `client` or `api_key`, expiring at `expires_at`.
+    pub(crate) fn entry(name: &str, expires_at: i64, disabled: bool) -> String {
+        let expires = chrono::DateTime::from_timestamp(expires_at, 0).unwrap().to_rfc3339();
+        let hash = hex::encode(Sha256::digest(name.as_bytes()));
+        format!(
+            "  - {{ name: {name}, key_hash: \"sha256:{hash}\", permissions: [\"balances:read\"], \
+             expires: \"{expires}\", disabled: {disabled} }}\n"
+        )
     }
 
-    fn route(id: &str) -> Route {
-        Route {
-            id: Arc::from(id),
-            method: None,
-            template: String::new(),
-            public: false,
-            require: None,
-            vault_param: "vault_id".into(),
-            key_param: "key_id".into(),
+    /// A snapshot loaded through the real config loader (so these tests follow the
+    /// model as it grows): `routes` each requiring `balances:read`, the given `clients`
+    /// (id, expiry) and `api_keys` entries (see [`entry`]).
+    pub(crate) fn load_snapshot(routes: &[&str], clients: &[(&str, i64)], api_keys: &[String]) -> Snapshot {
+        let dir = tempfile::tempdir().unwrap();
+        let mut main = String::from("listen: \"127.0.0.1:8080\"\nupstream: \"127.0.0.1:3000\"\nroutes:\n");
+        for r in routes {
+            main.push_str(&format!("  - match: \"{r}\"\n    require: \"balances:read\"\n"));
         }
-    }
-
-    fn snapshot(hash: &str, creds: Vec<Arc<Credential>>, routes: &[&str]) -> Snapshot {
-        Snapshot {
-            settings: Settings {
-                listen: "127.0.0.1:0".into(),
-                admin_listen: "127.0.0.1:0".into(),
-                upstream: ([127, 0, 0, 1], 1).into(),
-                upstream_text: "127.0.0.1:1".into(),
-                environment: Environment::Sandbox,
-                trusted_proxies: Vec::new(),
-                shutdown_grace: 10,
-                upstream_timeout: Duration::from_secs(30),
-                upstream_connect_timeout: Duration::from_secs(5),
-            },
-            routes: RouteTable { routes: routes.iter().map(|r| route(r)).collect(), ..RouteTable::default() },
-            credentials: CredentialStore { all: creds, ..CredentialStore::default() },
-            tokens: None,
-            warnings: Vec::new(),
-            files: Vec::new(),
-            content_hash: hash.into(),
+        if routes.is_empty() {
+            main = main.replace("routes:\n", "routes: []\n");
         }
+        let mut creds = String::from("clients:\n");
+        for (id, expires_at) in clients {
+            let expires = chrono::DateTime::from_timestamp(*expires_at, 0).unwrap().to_rfc3339();
+            let hash = hex::encode(Sha256::digest(id.as_bytes()));
+            creds.push_str(&format!(
+                "  - {{ id: {id}, secret_hash: \"sha256:{hash}\", permissions: [\"balances:read\"], expires: \"{expires}\" }}\n"
+            ));
+        }
+        if clients.is_empty() {
+            creds = "clients: []\n".into();
+        }
+        creds.push_str(if api_keys.is_empty() {
+            "api_keys: []\n"
+        } else {
+            "api_keys:\n"
+        });
+        for k in api_keys {
+            creds.push_str(k);
+        }
+        std::fs::write(dir.path().join("portcullis.yaml"), main).unwrap();
+        std::fs::write(dir.path().join("credentials.yaml"), creds).unwrap();
+        crate::config::load(&dir.path().join("portcullis.yaml"), NOW).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn base() -> (Metrics, Snapshot) {
-        let snap = snapshot(
-            "aaaa",
-            vec![
-                cred("acme-backend", CredentialKind::ApiKey, NOW + 86_400, false),
-                cred("reporting", CredentialKind::Client, NOW + 86_400, false),
-                cred("old-key", CredentialKind::ApiKey, NOW - 1, false),
-                cred("off-key", CredentialKind::ApiKey, NOW + 86_400, true),
-            ],
+        let snap = load_snapshot(
             &["GET /v1/vaults/{vault_id}/balances"],
+            &[("reporting", NOW + 86_400)],
+            &[
+                entry("acme-backend", NOW + 86_400, false),
+                entry("old-key", NOW - 1, false),
+                entry("off-key", NOW + 86_400, true),
+            ],
         );
+        // As at start: a snapshot in force, no reload yet.
         let m = Metrics::new();
         m.on_snapshot(&snap, NOW);
-        m.on_reload(true, NOW);
         (m, snap)
     }
 
@@ -688,7 +736,11 @@ mod tests {
     #[test]
     fn counts_an_allowed_request_by_route_credential_outcome_and_class() {
         let (m, _) = base();
-        m.observe_request(&allowed("GET /v1/vaults/{vault_id}/balances", "acme-backend", CredentialKind::ApiKey));
+        m.observe_request(&allowed(
+            "GET /v1/vaults/{vault_id}/balances",
+            "acme-backend",
+            CredentialKind::ApiKey,
+        ));
         let text = m.render_at(NOW);
         assert_eq!(
             value(
@@ -706,7 +758,10 @@ mod tests {
             Some((NOW + 5) as f64)
         );
         assert_eq!(
-            value(&text, r#"portcullis_request_duration_seconds_count{route="GET /v1/vaults/{vault_id}/balances"}"#),
+            value(
+                &text,
+                r#"portcullis_request_duration_seconds_count{route="GET /v1/vaults/{vault_id}/balances"}"#
+            ),
             Some(1.0)
         );
     }
@@ -722,7 +777,11 @@ mod tests {
             ..allowed("GET /evil/../x", "attacker-chosen", CredentialKind::ApiKey)
         });
         // An external token whose subject equals a configured key's name.
-        m.observe_request(&allowed("GET /v1/vaults/{vault_id}/balances", "acme-backend", CredentialKind::External));
+        m.observe_request(&allowed(
+            "GET /v1/vaults/{vault_id}/balances",
+            "acme-backend",
+            CredentialKind::External,
+        ));
         m.token_issued("not-a-client", NOW);
         m.token_issued("acme-backend", NOW); // an API key, not a client
         m.token_refused("made_up_code");
@@ -747,7 +806,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(value(&text, r#"portcullis_tokens_issued_total{client=""}"#), Some(2.0));
-        assert_eq!(value(&text, r#"portcullis_token_requests_refused_total{reason="other"}"#), Some(1.0));
+        assert_eq!(
+            value(&text, r#"portcullis_token_requests_refused_total{reason="other"}"#),
+            Some(1.0)
+        );
         // The external token did not mark the API key used.
         assert_eq!(
             value(
@@ -786,12 +848,31 @@ mod tests {
             ..denied
         });
         let text = m.render_at(NOW);
-        assert_eq!(value(&text, r#"portcullis_denials_total{reason="invalid_api_key"}"#), Some(2.0));
-        assert_eq!(value(&text, r#"portcullis_denials_total{reason="ip_not_allowed"}"#), Some(0.0));
-        assert_eq!(value(&text, r#"portcullis_shadow_denials_total{reason="ip_not_allowed"}"#), Some(1.0));
-        assert_eq!(value(&text, r#"portcullis_upstream_errors_total{kind="timeout"}"#), Some(1.0));
-        assert_eq!(value(&text, r#"portcullis_upstream_errors_total{kind="unavailable"}"#), Some(0.0));
-        assert_eq!(value(&text, r#"portcullis_denials_total{reason="upstream_timeout"}"#), Some(0.0));
+        assert_eq!(
+            value(&text, r#"portcullis_denials_total{reason="invalid_api_key"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&text, r#"portcullis_denials_total{reason="ip_not_allowed"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&text, r#"portcullis_shadow_denials_total{reason="ip_not_allowed"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, r#"portcullis_upstream_errors_total{kind="timeout"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, r#"portcullis_upstream_errors_total{kind="unavailable"}"#),
+            Some(0.0)
+        );
+        // Upstream failures are not denials.
+        assert_eq!(
+            value(&text, r#"portcullis_denials_total{reason="upstream_timeout"}"#),
+            None
+        );
     }
 
     #[test]
@@ -801,7 +882,11 @@ mod tests {
             outcome: Outcome::Denied,
             status: 403,
             reason: Some(Reason::IpNotAllowed),
-            ..allowed("GET /v1/vaults/{vault_id}/balances", "acme-backend", CredentialKind::ApiKey)
+            ..allowed(
+                "GET /v1/vaults/{vault_id}/balances",
+                "acme-backend",
+                CredentialKind::ApiKey,
+            )
         });
         let text = m.render_at(NOW);
         assert_eq!(
@@ -819,22 +904,34 @@ mod tests {
     #[test]
     fn tracks_exactly_the_current_credentials_across_snapshots() {
         let (m, _) = base();
-        m.observe_request(&allowed("GET /v1/vaults/{vault_id}/balances", "acme-backend", CredentialKind::ApiKey));
+        m.observe_request(&allowed(
+            "GET /v1/vaults/{vault_id}/balances",
+            "acme-backend",
+            CredentialKind::ApiKey,
+        ));
         m.token_issued("reporting", NOW + 7);
         // Reload: "reporting" deleted, "new-key" added, "acme-backend" kept.
-        let next = snapshot(
-            "bbbb",
-            vec![
-                cred("acme-backend", CredentialKind::ApiKey, NOW + 172_800, false),
-                cred("new-key", CredentialKind::ApiKey, NOW + 86_400, false),
-            ],
+        let next = load_snapshot(
             &[],
+            &[],
+            &[
+                entry("acme-backend", NOW + 172_800, false),
+                entry("new-key", NOW + 86_400, false),
+            ],
         );
+        let (old_hash, new_hash) = (m.update.lock().unwrap().clone(), next.content_hash.clone());
+        assert_ne!(old_hash, new_hash);
         m.on_snapshot(&next, NOW + 10);
         m.on_reload(true, NOW + 10);
         let text = m.render_at(NOW + 10);
-        assert!(!text.contains("reporting"), "deleted credential still present:\n{text}");
-        assert!(!text.contains("old-key") && !text.contains("off-key"), "{text}");
+        // Per-credential gauges follow the config; counters (tokens issued) keep their history.
+        for gone in ["reporting", "old-key", "off-key"] {
+            assert!(
+                !text.contains(&format!("credential=\"{gone}\"")),
+                "{gone} still present:\n{text}"
+            );
+        }
+        assert!(text.contains(r#"portcullis_tokens_issued_total{client="reporting"} 1"#));
         assert_eq!(
             value(
                 &text,
@@ -844,19 +941,38 @@ mod tests {
             "a kept credential keeps its last use"
         );
         assert_eq!(
-            value(&text, r#"portcullis_credential_expiry_timestamp_seconds{credential="acme-backend",kind="api_key"}"#),
+            value(
+                &text,
+                r#"portcullis_credential_expiry_timestamp_seconds{credential="acme-backend",kind="api_key"}"#
+            ),
             Some((NOW + 172_800) as f64)
         );
         assert_eq!(
-            value(&text, r#"portcullis_credential_expiry_timestamp_seconds{credential="new-key",kind="api_key"}"#),
+            value(
+                &text,
+                r#"portcullis_credential_expiry_timestamp_seconds{credential="new-key",kind="api_key"}"#
+            ),
             Some((NOW + 86_400) as f64)
         );
-        assert_eq!(value(&text, r#"portcullis_config_info{hash="bbbb"}"#), Some(1.0));
-        assert!(!text.contains("aaaa"), "old hash still present");
-        assert_eq!(value(&text, r#"portcullis_config_reloads_total{result="success"}"#), Some(2.0));
-        assert_eq!(value(&text, "portcullis_config_last_reload_success_timestamp_seconds"), Some((NOW + 10) as f64));
+        assert_eq!(
+            value(&text, &format!(r#"portcullis_config_info{{hash="{new_hash}"}}"#)),
+            Some(1.0)
+        );
+        assert!(!text.contains(&old_hash), "old hash still present");
+        assert_eq!(
+            value(&text, r#"portcullis_config_reloads_total{result="success"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "portcullis_config_last_reload_success_timestamp_seconds"),
+            Some((NOW + 10) as f64)
+        );
         // The removed route no longer counts as a label value.
-        m.observe_request(&allowed("GET /v1/vaults/{vault_id}/balances", "new-key", CredentialKind::ApiKey));
+        m.observe_request(&allowed(
+            "GET /v1/vaults/{vault_id}/balances",
+            "new-key",
+            CredentialKind::ApiKey,
+        ));
         let text = m.render_at(NOW + 10);
         assert!(text.contains(
             r#"portcullis_requests_total{credential="new-key",outcome="allowed",route="",status_class="2xx"} 1"#
@@ -868,7 +984,10 @@ mod tests {
         let (m, _) = base();
         let text = m.render_at(NOW);
         let count = |text: &str, kind: &str, state: &str| {
-            value(text, &format!(r#"portcullis_credentials{{kind="{kind}",state="{state}"}}"#))
+            value(
+                text,
+                &format!(r#"portcullis_credentials{{kind="{kind}",state="{state}"}}"#),
+            )
         };
         assert_eq!(count(&text, "api_key", "active"), Some(1.0));
         assert_eq!(count(&text, "api_key", "expired"), Some(1.0));
@@ -878,35 +997,84 @@ mod tests {
         // A day later, without a reload, the active ones have expired.
         let later = m.render_at(NOW + 86_400);
         assert_eq!(count(&later, "api_key", "active"), Some(0.0));
-        assert_eq!(count(&later, "api_key", "expired"), Some(2.0));
-        assert_eq!(count(&later, "api_key", "disabled"), Some(1.0));
+        // The disabled key has expired too: expired wins, so each is counted once.
+        assert_eq!(count(&later, "api_key", "expired"), Some(3.0));
+        assert_eq!(count(&later, "api_key", "disabled"), Some(0.0));
         assert_eq!(count(&later, "client", "expired"), Some(1.0));
     }
 
     #[test]
     fn records_reload_failures_without_touching_the_last_success() {
-        let (m, _) = base();
+        let (m, snap) = base();
+        let start = m.render_at(NOW);
+        assert_eq!(
+            value(&start, "portcullis_config_last_reload_success_timestamp_seconds"),
+            Some(NOW as f64)
+        );
+        assert_eq!(value(&start, "portcullis_config_last_reload_successful"), Some(1.0));
+        assert_eq!(
+            value(&start, r#"portcullis_config_reloads_total{result="success"}"#),
+            Some(0.0)
+        );
         m.on_reload(false, NOW + 60);
         let text = m.render_at(NOW + 60);
-        assert_eq!(value(&text, r#"portcullis_config_reloads_total{result="failure"}"#), Some(1.0));
-        assert_eq!(value(&text, r#"portcullis_config_reloads_total{result="success"}"#), Some(1.0));
+        assert_eq!(
+            value(&text, r#"portcullis_config_reloads_total{result="failure"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, r#"portcullis_config_reloads_total{result="success"}"#),
+            Some(0.0)
+        );
         assert_eq!(value(&text, "portcullis_config_last_reload_successful"), Some(0.0));
-        assert_eq!(value(&text, "portcullis_config_last_reload_success_timestamp_seconds"), Some(NOW as f64));
-        assert_eq!(value(&text, r#"portcullis_config_info{hash="aaaa"}"#), Some(1.0));
+        assert_eq!(
+            value(&text, "portcullis_config_last_reload_success_timestamp_seconds"),
+            Some(NOW as f64)
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!(r#"portcullis_config_info{{hash="{}"}}"#, snap.content_hash)
+            ),
+            Some(1.0)
+        );
     }
 
     #[test]
     fn counts_tokens_and_refusals() {
         let (m, _) = base();
+        let before = m.render_at(NOW);
+        assert_eq!(
+            value(&before, r#"portcullis_tokens_issued_total{client="reporting"}"#),
+            Some(0.0)
+        );
         m.token_issued("reporting", NOW + 3);
         m.token_refused("invalid_client");
         m.token_refused("invalid_client");
         let text = m.render_at(NOW);
-        assert_eq!(value(&text, r#"portcullis_tokens_issued_total{client="reporting"}"#), Some(1.0));
-        assert_eq!(value(&text, r#"portcullis_token_requests_refused_total{reason="invalid_client"}"#), Some(2.0));
-        assert_eq!(value(&text, r#"portcullis_token_requests_refused_total{reason="invalid_scope"}"#), Some(0.0));
         assert_eq!(
-            value(&text, r#"portcullis_credential_last_used_timestamp_seconds{credential="reporting",kind="client"}"#),
+            value(&text, r#"portcullis_tokens_issued_total{client="reporting"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_token_requests_refused_total{reason="invalid_client"}"#
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_token_requests_refused_total{reason="invalid_scope"}"#
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_credential_last_used_timestamp_seconds{credential="reporting",kind="client"}"#
+            ),
             Some((NOW + 3) as f64)
         );
     }
@@ -917,10 +1085,31 @@ mod tests {
         m.observe_auth(Some(CredentialKind::ApiKey), Duration::from_micros(15));
         m.observe_auth(None, Duration::from_millis(40));
         let text = m.render_at(NOW);
-        assert_eq!(value(&text, r#"portcullis_auth_duration_seconds_bucket{kind="api_key",le="0.000025"}"#), Some(1.0));
-        assert_eq!(value(&text, r#"portcullis_auth_duration_seconds_bucket{kind="api_key",le="0.00001"}"#), Some(0.0));
-        assert_eq!(value(&text, r#"portcullis_auth_duration_seconds_bucket{kind="none",le="0.05"}"#), Some(1.0));
-        assert_eq!(value(&text, r#"portcullis_auth_duration_seconds_count{kind="client"}"#), Some(0.0));
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_auth_duration_seconds_bucket{kind="api_key",le="0.000025"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_auth_duration_seconds_bucket{kind="api_key",le="0.00001"}"#
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"portcullis_auth_duration_seconds_bucket{kind="none",le="0.05"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, r#"portcullis_auth_duration_seconds_count{kind="client"}"#),
+            Some(0.0)
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::telemetry::{self, AuditRecord};
 /// The sidecar. Holds only the shared snapshot pointer; everything else is per request.
 pub struct Portcullis {
     pub config: Shared,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Per-request state. The snapshot is loaded once, when the request starts.
@@ -187,7 +188,9 @@ impl ProxyHttp for Portcullis {
             peer,
             had_fragment: request_line_has_fragment(session),
         };
+        let started = Instant::now();
         let decision = pipeline::decide(&ctx.snap, &view, unix_now());
+        self.metrics.observe_auth(decision.identity.as_ref().map(|i| i.kind), started.elapsed());
         let denied = decision.result.as_ref().err().cloned();
         ctx.decision = Some(decision);
         match denied {
@@ -221,7 +224,7 @@ impl ProxyHttp for Portcullis {
             Some(Ok(p)) => p,
             _ => return Error::e_explain(InternalError, "no permit for a forwarded request"),
         };
-        let stripped = pipeline::rewrite::rewrite(upstream_request, permit, &ctx.request_id, peer_ip(session));
+        let stripped = pipeline::rewrite::rewrite(upstream_request, permit, &ctx.request_id, peer_ip(session))?;
         if !stripped.is_empty() {
             tracing::debug!(request_id = %ctx.request_id, headers = ?stripped, "removed caller-sent headers");
         }
@@ -285,6 +288,7 @@ impl ProxyHttp for Portcullis {
             Some((Which::Token, Err(code))) => Some(*code),
             _ => ctx.rejection.as_ref().map(|r| r.reason.code()),
         };
+        let latency = ctx.start.elapsed();
         telemetry::audit(&AuditRecord {
             request_id: &ctx.request_id,
             client_ip: d.and_then(|d| d.client_ip).or(ctx.client_ip),
@@ -297,8 +301,24 @@ impl ProxyHttp for Portcullis {
             outcome,
             reason,
             status,
-            latency: ctx.start.elapsed(),
+            latency,
             upstream_latency: ctx.upstream_start.map(|t| t.elapsed()),
         });
+        let now = unix_now();
+        match &ctx.endpoint {
+            Some((Which::Token, Ok(client))) => self.metrics.token_issued(client, now),
+            Some((Which::Token, Err(code))) => self.metrics.token_refused(code),
+            Some(_) => {}
+            None => self.metrics.observe_request(&crate::metrics::RequestObservation {
+                route: d.and_then(|d| d.route.as_deref()),
+                credential: identity.map(|i| i.credential.as_ref()),
+                kind: identity.map(|i| i.kind),
+                outcome: crate::metrics::Outcome::from_code(outcome),
+                status,
+                reason: ctx.rejection.as_ref().map(|r| r.reason),
+                duration: latency,
+                now,
+            }),
+        }
     }
 }

@@ -23,8 +23,14 @@ pub fn is_identity_header(name: &str) -> bool {
 const KEEP: [&str; 3] = ["host", "content-length", "transfer-encoding"];
 
 /// Rewrites `req` for the upstream. Returns the names of caller-sent headers it removed
-/// (for a debug note), never their values.
-pub fn rewrite(req: &mut RequestHeader, permit: &Permit, request_id: &str, peer: IpAddr) -> Vec<String> {
+/// (for a debug note), never their values. Fails closed: if an identity header cannot be
+/// set, the request must not be forwarded.
+pub fn rewrite(
+    req: &mut RequestHeader,
+    permit: &Permit,
+    request_id: &str,
+    peer: IpAddr,
+) -> pingora::Result<Vec<String>> {
     let mut remove: Vec<String> = Vec::new();
     let mut upgrade = false;
     for v in req.headers.get_all(http::header::CONNECTION).iter() {
@@ -65,15 +71,15 @@ pub fn rewrite(req: &mut RequestHeader, permit: &Permit, request_id: &str, peer:
     let xff = if xff.is_empty() { peer_s } else { format!("{}, {peer_s}", xff.join(", ")) };
     let _ = req.insert_header("x-forwarded-for", xff);
     if let Some(id) = &permit.identity {
-        let _ = req.insert_header("x-auth-credential", id.credential.as_ref());
-        let _ = req.insert_header("x-auth-credential-type", id.kind.as_str());
+        req.insert_header("x-auth-credential", id.credential.as_ref())?;
+        req.insert_header("x-auth-credential-type", id.kind.as_str())?;
         if let Some(u) = &id.user {
-            let _ = req.insert_header("x-auth-user", u.as_ref());
+            req.insert_header("x-auth-user", u.as_ref())?;
         }
     }
-    let _ = req.insert_header("x-auth-client-ip", permit.client_ip.to_string());
-    let _ = req.insert_header("x-auth-request-id", request_id);
-    stripped
+    req.insert_header("x-auth-client-ip", permit.client_ip.to_string())?;
+    req.insert_header("x-auth-request-id", request_id)?;
+    Ok(stripped)
 }
 
 #[cfg(test)]
@@ -117,7 +123,7 @@ mod tests {
             client_ip: "198.51.100.2".parse().unwrap(),
             _sealed: (),
         };
-        rewrite(&mut req, &permit, "rid", "127.0.0.1".parse().unwrap());
+        rewrite(&mut req, &permit, "rid", "127.0.0.1".parse().unwrap()).unwrap();
         let h = &req.headers;
         assert!(h.get("x-api-key").is_none());
         assert!(h.get("x_auth_user").is_none());

@@ -116,11 +116,8 @@ impl OAuthError {
             true,
         );
         if self.status() == 401 {
-            r.www_authenticate = Some(if self.basic {
-                "Basic realm=\"portcullis\"".into()
-            } else {
-                "Bearer realm=\"portcullis\"".into()
-            });
+            // The token endpoint authenticates clients with Basic (or the body).
+            r.www_authenticate = Some("Basic realm=\"portcullis\"".into());
         }
         r.outcome = Err(self.code);
         r
@@ -146,7 +143,7 @@ pub fn metadata(ts: &TokenSettings) -> Reply {
             "jwks_uri": format!("{base}{JWKS_PATH}"),
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "response_types_supported": ["token"],
+            "response_types_supported": [],
         }),
         false,
     );
@@ -315,8 +312,17 @@ fn issue(
         .strip_prefix(ts.client_id_prefix.as_str())
         .and_then(|id| snap.credentials.clients.get(id))
         .map(|c| c.as_ref());
+    // Every failure costs one argon2 verification, whatever the stored hash kind, so the
+    // time of a refusal tells nothing about whether the client id exists.
     let secret_ok = match client.and_then(|c| c.secret.as_ref()) {
-        Some(stored) => verify_secret(stored, &secret),
+        Some(stored @ SecretHash::Argon2(_)) => verify_secret(stored, &secret),
+        Some(stored @ SecretHash::Sha256(_)) => {
+            let ok = verify_secret(stored, &secret);
+            if !ok {
+                let _ = verify_argon2(dummy_hash(), &secret);
+            }
+            ok
+        }
         None => {
             let _ = verify_argon2(dummy_hash(), &secret);
             false
@@ -333,7 +339,9 @@ fn issue(
         return Err(bad_client("the client has expired"));
     }
     if !client.allows_ip(client_ip) {
-        return Err(bad_client("the client may not authenticate from this address"));
+        // Same words as a wrong secret: a caller outside the allowlist learns nothing.
+        tracing::info!(client = %client.id, client_ip = %client_ip, "token refused: address not in the client's allowlist");
+        return Err(bad_client("the client is unknown or the secret is wrong"));
     }
     let scope: Vec<String> = match get("scope") {
         None => client.grants.iter().map(|p| p.as_str().to_string()).collect(),

@@ -158,6 +158,10 @@ fn verify_uncached(
                 .filter_map(|p| Permission::parse(p).ok())
                 .collect();
             let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("external");
+            // The subject is forwarded as x-auth-credential: it must be a valid header value.
+            if sub.is_empty() || http::HeaderValue::from_str(sub).is_err() {
+                return Err(invalid("the token's subject cannot be forwarded"));
+            }
             Identity {
                 credential: Arc::from(sub),
                 kind: CredentialKind::External,

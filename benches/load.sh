@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Load harness: ./benches/load.sh [seconds=10] [connections=32]
+#
+# On this machine, over loopback only, in one run: a fast upstream
+# (examples/fast_upstream.rs), then wrk against
+#   1. the upstream directly,
+#   2. a plain pingora proxy with no checks (benches/plain_proxy.rs, the ceiling),
+#   3. portcullis with an API key,
+#   4. portcullis with a Bearer token,
+# and prints requests/s and p50/p99 latency for each, with the ratios to the plain proxy.
+# Bounded: each run lasts the given seconds; everything is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+CONNS=${2:-32}
+BASE=${LOAD_BASE_PORT:-18000}
+UP=127.0.0.1:$BASE PLAIN=127.0.0.1:$((BASE+1)) PC=127.0.0.1:$((BASE+2)) ADMIN=127.0.0.1:$((BASE+3))
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
+cargo build --quiet --release --bin portcullis --example fast_upstream --example plain_proxy
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+
+key="load-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+secret="load-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+hash() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+target/release/portcullis keygen --out "$work/signing.pem" >/dev/null
+cat > "$work/portcullis.yaml" <<YAML
+listen: "$PC"
+upstream: "$UP"
+admin_listen: "$ADMIN"
+environment: production
+credentials_file: credentials.yaml
+tokens:
+  issuer: "https://load.test"
+  audience: "api"
+  signing_key: signing.pem
+routes:
+  - match: "GET /v1/vaults/{vault_id}/balances"
+    require: "balances:read"
+YAML
+cat > "$work/credentials.yaml" <<YAML
+clients:
+  - id: load-client
+    secret_hash: "sha256:$(hash "$secret")"
+    permissions: ["balances:read@vault"]
+    allowed_ips: ["127.0.0.1"]
+    expires: 2099-01-01
+api_keys:
+  - name: load-key
+    key_hash: "sha256:$(hash "$key")"
+    permissions: ["balances:read@vault/v-1"]
+    allowed_ips: ["127.0.0.1"]
+    expires: 2099-01-01
+YAML
+
+target/release/examples/fast_upstream "$UP" 2>/dev/null & pids+=($!)
+target/release/examples/plain_proxy "$PLAIN" "$UP" >/dev/null 2>&1 & pids+=($!)
+target/release/portcullis serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
+for a in "$UP" "$PLAIN" "$PC"; do
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://$a/" && break; sleep 0.1; done
+done
+token=$(curl -s -d grant_type=client_credentials -u "load-client:$secret" "http://$PC/oauth/token" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+[ -n "$token" ] || { echo "could not get a token" >&2; exit 1; }
+path=/v1/vaults/v-1/balances
+for h in "x-api-key: $key" "Authorization: Bearer $token"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "$h" "http://$PC$path")
+  [ "$code" = 200 ] || { echo "portcullis answered $code, expected 200" >&2; exit 1; }
+done
+
+# to_ms VALUE: wrk prints 1.23ms / 850.00us / 1.02s
+to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v+0} else {sub(/s$/,"",v); print v*1000} }'; }
+run() { # name url [header]
+  local name=$1 url=$2 out
+  if [ $# -ge 3 ]; then out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "$3" "$url"); else out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$url"); fi
+  local rps p50 p99 non2xx
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
+  p99=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
+  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+  echo "$name $rps $p50 $p99 ${non2xx:-0}"
+}
+echo "wrk -t1 -c$CONNS -d${SECS}s, loopback, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+results=()
+results+=("$(run upstream "http://$UP$path")")
+results+=("$(run plain_proxy "http://$PLAIN$path")")
+results+=("$(run portcullis_api_key "http://$PC$path" "x-api-key: $key")")
+results+=("$(run portcullis_bearer "http://$PC$path" "Authorization: Bearer $token")")
+printf '%s\n' "${results[@]}" | awk '
+  BEGIN { printf "%-20s %12s %9s %9s %8s %10s %10s\n", "target", "req/s", "p50 ms", "p99 ms", "non-2xx", "rps/plain", "p99/plain" }
+  { name[NR]=$1; rps[NR]=$2; p50[NR]=$3; p99[NR]=$4; bad[NR]=$5; if ($1=="plain_proxy") { prps=$2; pp99=$4 } }
+  END { for (i=1;i<=NR;i++) printf "%-20s %12.0f %9.3f %9.3f %8s %10.3f %10.3f\n", name[i], rps[i], p50[i], p99[i], bad[i], rps[i]/prps, p99[i]/pp99 }'

@@ -1,0 +1,47 @@
+// Run: cargo run --release --example plain_proxy -- 127.0.0.1:18001 127.0.0.1:18000
+//
+// The ceiling for benches/load.sh: a plain pingora HTTP proxy with no checks at all,
+// forwarding every request to one upstream, built with the same pingora, features and
+// server settings as portcullis. portcullis's overhead is measured against this.
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+
+struct Plain {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Plain {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let listen = args.next().unwrap_or_else(|| "127.0.0.1:18001".into());
+    let upstream: SocketAddr = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:18000".into())
+        .parse()
+        .expect("upstream must be addr:port");
+    let conf = ServerConf {
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Plain { upstream });
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+    server.run_forever();
+}

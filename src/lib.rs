@@ -15,5 +15,6 @@ pub mod pipeline;
 pub mod proxy;
 pub mod rejection;
 pub mod reload;
+pub mod shutdown;
 pub mod telemetry;
 pub mod token;

@@ -133,16 +133,23 @@ fn serve(path: PathBuf) -> ExitCode {
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
+    let in_flight = Arc::new(portcullis::shutdown::InFlight::default());
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Portcullis { config: shared, metrics: metrics.clone() },
+        Portcullis { config: shared, metrics: metrics.clone(), in_flight: in_flight.clone() },
         "portcullis proxy",
     );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     server.add_service(portcullis::admin::service(metrics, &admin_listen, &listen));
     server.add_service(pingora::services::background::background_service("config reload", reload));
-    server.run_forever();
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(portcullis::shutdown::DrainingShutdown {
+            in_flight,
+            grace: std::time::Duration::from_secs(grace),
+        }),
+    });
+    ExitCode::SUCCESS
 }

@@ -17,6 +17,8 @@ use crate::telemetry::{self, AuditRecord};
 /// The sidecar. Holds only the shared snapshot pointer; everything else is per request.
 pub struct Portcullis {
     pub config: Shared,
+    /// Requests in flight, for graceful shutdown.
+    pub in_flight: Arc<crate::shutdown::InFlight>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -29,6 +31,7 @@ pub struct Ctx {
     /// A denial or failure already answered (for the audit log).
     rejection: Option<Rejection>,
     upstream_start: Option<Instant>,
+    _in_flight: crate::shutdown::InFlightGuard,
     /// The sidecar's own endpoint answered, with the client or OAuth error code.
     endpoint: Option<(Which, std::result::Result<String, &'static str>)>,
     /// The client address, when computed outside `decide` (token endpoint).
@@ -170,6 +173,7 @@ impl ProxyHttp for Portcullis {
             decision: None,
             rejection: None,
             upstream_start: None,
+            _in_flight: self.in_flight.enter(),
             endpoint: None,
             client_ip: None,
         }
@@ -271,12 +275,14 @@ impl ProxyHttp for Portcullis {
         let path = String::from_utf8_lossy(&raw[..path_end]);
         let d = ctx.decision.as_ref();
         let identity = d.and_then(|d| d.identity.as_ref());
+        let shadow = d.and_then(|d| d.shadow_denied.as_ref()).map(|r| r.reason);
         let outcome = match (&ctx.endpoint, &ctx.rejection, d.map(|d| d.result.is_ok())) {
             (Some((Which::Token, Ok(_))), _, _) => "token_issued",
             (Some((Which::Token, Err(_))), _, _) => "token_refused",
             (Some(_), _, _) => "served",
             (None, Some(r), _) if r.reason.status() >= 500 => "error",
             (None, Some(_), _) => "denied",
+            (None, None, Some(true)) if shadow.is_some() => "shadow_denied",
             (None, None, Some(true)) => "allowed",
             _ => "error",
         };
@@ -286,7 +292,7 @@ impl ProxyHttp for Portcullis {
         };
         let reason = match &ctx.endpoint {
             Some((Which::Token, Err(code))) => Some(*code),
-            _ => ctx.rejection.as_ref().map(|r| r.reason.code()),
+            _ => ctx.rejection.as_ref().map(|r| r.reason).or(shadow).map(|r| r.code()),
         };
         let latency = ctx.start.elapsed();
         telemetry::audit(&AuditRecord {
@@ -315,7 +321,7 @@ impl ProxyHttp for Portcullis {
                 kind: identity.map(|i| i.kind),
                 outcome: crate::metrics::Outcome::from_code(outcome),
                 status,
-                reason: ctx.rejection.as_ref().map(|r| r.reason),
+                reason: ctx.rejection.as_ref().map(|r| r.reason).or(shadow),
                 duration: latency,
                 now,
             }),

@@ -320,6 +320,7 @@ fn diff_settings(old: &Settings, new: &Settings) -> Vec<&'static str> {
         shutdown_grace,
         upstream_timeout,
         upstream_connect_timeout,
+        mode,
     } = old;
     let mut changed = Vec::new();
     let mut check = |differs: bool, name: &'static str| {
@@ -341,6 +342,7 @@ fn diff_settings(old: &Settings, new: &Settings) -> Vec<&'static str> {
         *upstream_connect_timeout != new.upstream_connect_timeout,
         "upstream_connect_timeout",
     );
+    check(*mode != new.mode, "mode");
     changed
 }
 
@@ -375,6 +377,7 @@ fn route_differs(old: &Route, new: &Route) -> bool {
         require,
         vault_param,
         key_param,
+        mode,
     } = old;
     *method != new.method
         || *template != new.template
@@ -382,6 +385,7 @@ fn route_differs(old: &Route, new: &Route) -> bool {
         || *require != new.require
         || *vault_param != new.vault_param
         || *key_param != new.key_param
+        || *mode != new.mode
 }
 
 fn diff_credentials(old: &CredentialStore, new: &CredentialStore) -> Lists<CredentialChange> {

@@ -23,6 +23,9 @@ pub struct MainRaw {
     /// Seconds to wait for a TCP connection to the upstream (default 5); 502 after.
     #[serde(default)]
     pub upstream_connect_timeout: Option<f64>,
+    /// `enforce` (default) or `shadow`: log and count denials but forward.
+    #[serde(default)]
+    pub mode: Option<String>,
     #[serde(default)]
     pub tokens: Option<TokensRaw>,
     #[serde(default)]
@@ -81,6 +84,9 @@ pub struct RouteRaw {
     pub vault_param: Option<String>,
     #[serde(default)]
     pub key_param: Option<String>,
+    /// Overrides the global `mode` for this route.
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 /// The credentials file (SPEC §4).

@@ -16,6 +16,25 @@ pub enum Environment {
     Production,
 }
 
+/// `enforce`: denials are answered. `shadow`: denials are logged and counted
+/// (`outcome="shadow_denied"`) and the request is forwarded anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    Shadow,
+}
+
+impl Mode {
+    /// Parses `enforce` / `shadow`.
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "enforce" => Some(Mode::Enforce),
+            "shadow" => Some(Mode::Shadow),
+            _ => None,
+        }
+    }
+}
+
 /// Settings from the main config file.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -30,6 +49,7 @@ pub struct Settings {
     pub shutdown_grace: u64,
     pub upstream_timeout: Duration,
     pub upstream_connect_timeout: Duration,
+    pub mode: Mode,
 }
 
 impl Settings {
@@ -145,6 +165,8 @@ pub struct Route {
     pub require: Option<Requirement>,
     pub vault_param: String,
     pub key_param: String,
+    /// `None` = the global mode.
+    pub mode: Option<Mode>,
 }
 
 /// A matched route with its target ids, percent-decoded.

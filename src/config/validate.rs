@@ -117,6 +117,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>) -> Option<Setti
         shutdown_grace,
         upstream_timeout,
         upstream_connect_timeout,
+        mode,
         tokens: _,
         routes: _,
     } = raw;
@@ -166,6 +167,14 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>) -> Option<Setti
             }
         }
     }
+    let mode = match mode.as_deref() {
+        None => Mode::Enforce,
+        Some(m) => Mode::parse(m).unwrap_or_else(|| {
+            let line = sink.loc.top_key("mode");
+            sink.err(line, format!("mode {m:?} must be enforce or shadow"));
+            Mode::Enforce
+        }),
+    };
     let upstream_timeout = parse_secs(*upstream_timeout, 30.0, "upstream_timeout", sink);
     let upstream_connect_timeout =
         parse_secs(*upstream_connect_timeout, 5.0, "upstream_connect_timeout", sink);
@@ -182,6 +191,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>) -> Option<Setti
         shutdown_grace: shutdown_grace.unwrap_or(10),
         upstream_timeout,
         upstream_connect_timeout,
+        mode,
     })
 }
 
@@ -330,6 +340,7 @@ pub fn routes(raw: &[RouteRaw], sink: &mut Sink<'_>) -> RouteTable {
             public,
             vault_param,
             key_param,
+            mode,
         } = r;
         let n = *seen.entry(match_.clone()).and_modify(|c| *c += 1).or_insert(0usize);
         let line = sink.loc.pair("match", match_, n).or_else(|| sink.loc.pair("- match", match_, n));
@@ -371,6 +382,16 @@ pub fn routes(raw: &[RouteRaw], sink: &mut Sink<'_>) -> RouteTable {
                 }
             },
         };
+        let mode = match mode.as_deref() {
+            None => None,
+            Some(m) => match Mode::parse(m) {
+                Some(m) => Some(m),
+                None => {
+                    sink.err(line, format!("route {match_:?}: mode {m:?} must be enforce or shadow"));
+                    continue;
+                }
+            },
+        };
         let vault_param = vault_param.clone().unwrap_or_else(|| "vault_id".into());
         let key_param = key_param.clone().unwrap_or_else(|| "key_id".into());
         for (what, p, explicit) in [
@@ -398,6 +419,7 @@ pub fn routes(raw: &[RouteRaw], sink: &mut Sink<'_>) -> RouteTable {
             require,
             vault_param,
             key_param,
+            mode,
         });
     }
     table

@@ -61,6 +61,7 @@ mod tests {
             shutdown_grace: 10,
             upstream_timeout: Duration::from_secs(1),
             upstream_connect_timeout: Duration::from_secs(1),
+            mode: crate::config::Mode::Enforce,
         }
     }
     fn ip(s: &str) -> IpAddr {

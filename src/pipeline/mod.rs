@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub use authn::Identity;
 use http::{HeaderMap, Method};
 
-use crate::config::Snapshot;
+use crate::config::{Mode, Snapshot};
 use crate::permission::any_grants;
 use crate::rejection::{Reason, Rejection};
 
@@ -48,16 +48,46 @@ pub struct Decision {
     pub route: Option<Arc<str>>,
     pub client_ip: Option<IpAddr>,
     pub identity: Option<Identity>,
+    /// In shadow mode: the denial that was not enforced (the request is forwarded).
+    pub shadow_denied: Option<Rejection>,
+    /// The matched route's mode, if it sets one.
+    route_mode: Option<Mode>,
 }
 
 impl Decision {
     fn deny(rej: Rejection, route: Option<Arc<str>>, client_ip: Option<IpAddr>, identity: Option<Identity>) -> Self {
-        Decision { result: Err(rej), route, client_ip, identity }
+        Decision { result: Err(rej), route, client_ip, identity, shadow_denied: None, route_mode: None }
     }
 }
 
 /// Decides one request against one snapshot at `now` (unix seconds), in SPEC §5 order.
+///
+/// In shadow mode (global, or the matched route's), a denial by authentication, address,
+/// route or permission becomes a [`Permit`] and is reported in `shadow_denied`; a
+/// malformed request (400) is refused in every mode.
 pub fn decide(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision {
+    let mut d = decide_enforced(snap, req, now);
+    let mode = d.route_mode.unwrap_or(snap.settings.mode);
+    if mode == Mode::Shadow {
+        if let Err(rej) = &d.result {
+            if rej.reason != Reason::InvalidRequest {
+                if let Some(client_ip) = d.client_ip {
+                    let permit = Permit {
+                        route: d.route.clone(),
+                        identity: d.identity.clone(),
+                        client_ip,
+                        _sealed: (),
+                    };
+                    d.shadow_denied = Some(rej.clone());
+                    d.result = Ok(permit);
+                }
+            }
+        }
+    }
+    d
+}
+
+fn decide_enforced(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision {
     if req.had_fragment {
         let r = Rejection::new(Reason::InvalidRequest, "the request target contains a fragment");
         return Decision::deny(r, None, None, None);
@@ -79,6 +109,23 @@ pub fn decide(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision {
     let client_ip = client_ip::client_ip(req.peer, xff.into_iter(), &snap.settings);
     let matched = snap.routes.lookup(req.method, path);
     let route_id = matched.as_ref().map(|m| m.route.id.clone());
+    let route_mode = matched.as_ref().and_then(|m| m.route.mode);
+    let mut d = decide_matched(snap, req, now, path, presented, client_ip, matched, route_id);
+    d.route_mode = route_mode;
+    d
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide_matched(
+    snap: &Snapshot,
+    req: &RequestView<'_>,
+    now: i64,
+    path: &str,
+    presented: sanity::Presented<'_>,
+    client_ip: IpAddr,
+    matched: Option<crate::config::RouteMatch<'_>>,
+    route_id: Option<Arc<str>>,
+) -> Decision {
     if let Some(m) = &matched {
         if m.route.public {
             return Decision {
@@ -86,6 +133,8 @@ pub fn decide(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision {
                 route: route_id,
                 client_ip: Some(client_ip),
                 identity: None,
+                shadow_denied: None,
+                route_mode: None,
             };
         }
     }
@@ -123,5 +172,7 @@ pub fn decide(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision {
         route: route_id,
         client_ip: Some(client_ip),
         identity: Some(identity),
+        shadow_denied: None,
+        route_mode: None,
     }
 }

@@ -198,6 +198,20 @@ impl Proxy {
         }
     }
 
+    /// Waits up to `timeout` for the sidecar to exit; its status, or `None` if still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("portcullis.yaml")
     }

@@ -17,4 +17,5 @@ pub mod rejection;
 pub mod reload;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod token;

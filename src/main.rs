@@ -106,6 +106,7 @@ fn serve(path: PathBuf) -> ExitCode {
         tracing::warn!(warning = %w, "config warning");
     }
     let listen = snap.settings.listen.clone();
+    let tls_at_start = snap.settings.tls.is_some();
     let grace = snap.settings.shutdown_grace;
     tracing::info!(
         listen = %listen,
@@ -138,10 +139,25 @@ fn serve(path: PathBuf) -> ExitCode {
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Portcullis { config: shared, metrics: metrics.clone(), in_flight: in_flight.clone() },
+        Portcullis { config: shared.clone(), metrics: metrics.clone(), in_flight: in_flight.clone() },
         "portcullis proxy",
     );
-    proxy.add_tcp(&listen);
+    if tls_at_start {
+        // The certificate comes from the current snapshot at each handshake, so hot reload
+        // renews it; whether the listener speaks TLS at all is fixed at start.
+        let mut settings = match pingora::listeners::tls::TlsSettings::intermediate("", "") {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("portcullis: cannot set up TLS: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        settings.set_cert_resolver(Arc::new(portcullis::tls::SnapshotCertResolver { config: shared.clone() }));
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&listen, None, settings);
+    } else {
+        proxy.add_tcp(&listen);
+    }
     server.add_service(proxy);
     server.add_service(portcullis::admin::service(metrics, &admin_listen, &listen));
     server.add_service(pingora::services::background::background_service("config reload", reload));

@@ -180,21 +180,31 @@ impl Permission {
 
     /// Whether this grant covers `req` on a route that names `target` (SPEC §2).
     pub fn grants(&self, req: &Requirement, target: &Target<'_>) -> bool {
+        self.check(req, target).is_ok()
+    }
+
+    /// Like [`Permission::grants`], but on a non-match says which part failed, first
+    /// failure in this order: type, action, scope (`explain` prints it).
+    pub fn check(&self, req: &Requirement, target: &Target<'_>) -> Result<(), Mismatch> {
         let type_ok = match &self.rtype {
             TypeSel::Any => true,
             TypeSel::Named(t) => **t == *req.rtype,
         };
-        if !type_ok || !self.actions.contains(req.action) {
-            return false;
+        if !type_ok {
+            return Err(Mismatch::Type);
         }
-        let resource_ok = |named: Option<&str>| match named {
-            None => false,
-            Some(id) => self.resource.as_deref().is_none_or(|r| r == id),
+        if !self.actions.contains(req.action) {
+            return Err(Mismatch::Action);
+        }
+        let resource_ok = |named: Option<&str>, none: Mismatch, other: Mismatch| match named {
+            None => Err(none),
+            Some(id) if self.resource.as_deref().is_none_or(|r| r == id) => Ok(()),
+            Some(_) => Err(other),
         };
         match self.scope {
-            Scope::Org => true,
-            Scope::Vault => resource_ok(target.vault),
-            Scope::Key => resource_ok(target.key),
+            Scope::Org => Ok(()),
+            Scope::Vault => resource_ok(target.vault, Mismatch::RouteNamesNoVault, Mismatch::OtherVault),
+            Scope::Key => resource_ok(target.key, Mismatch::RouteNamesNoKey, Mismatch::OtherKey),
         }
     }
 
@@ -225,6 +235,23 @@ impl fmt::Display for Permission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
+}
+
+/// Why a grant does not cover a request ([`Permission::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The grant is for another resource type.
+    Type,
+    /// The grant does not include the action the route needs.
+    Action,
+    /// A vault-scoped grant, on a route that names no vault.
+    RouteNamesNoVault,
+    /// A key-scoped grant, on a route that names no key.
+    RouteNamesNoKey,
+    /// A grant for one vault, on a route that names another.
+    OtherVault,
+    /// A grant for one key, on a route that names another.
+    OtherKey,
 }
 
 /// What a route needs: one type and one action (`balances:read`).
@@ -355,6 +382,25 @@ mod tests {
                 *want,
                 "grant {grant} req {req} target {target:?}"
             );
+        }
+    }
+
+    #[test]
+    fn check_names_the_first_part_that_fails() {
+        let cases: &[(&str, &str, Target<'_>, Result<(), Mismatch>)] = &[
+            ("balances:read", "balances:read", V1, Ok(())),
+            ("audit:read", "balances:read", V1, Err(Mismatch::Type)),
+            ("audit:read@vault/v-2", "balances:create", V1, Err(Mismatch::Type)),
+            ("balances:read@vault/v-2", "balances:create", V1, Err(Mismatch::Action)),
+            ("balances:read@vault", "balances:read", ORG, Err(Mismatch::RouteNamesNoVault)),
+            ("balances:read@vault/v-1", "balances:read", V2, Err(Mismatch::OtherVault)),
+            ("key:read@key", "key:read", V1, Err(Mismatch::RouteNamesNoKey)),
+            ("key:read@key/k-2", "key:read", V1K1, Err(Mismatch::OtherKey)),
+        ];
+        for (grant, req, target, want) in cases {
+            let got = p(grant).check(&r(req), target);
+            assert_eq!(got, *want, "grant {grant} req {req} target {target:?}");
+            assert_eq!(p(grant).grants(&r(req), target), want.is_ok());
         }
     }
 

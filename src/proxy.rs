@@ -209,7 +209,16 @@ impl ProxyHttp for Portcullis {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let s = &ctx.snap.settings;
-        let mut peer = HttpPeer::new(s.upstream, false, String::new());
+        let mut peer = match &s.upstream_tls {
+            None => HttpPeer::new(s.upstream, false, String::new()),
+            Some(t) => {
+                let mut p = HttpPeer::new(s.upstream, true, t.sni.clone());
+                p.options.verify_cert = t.verify;
+                p.options.verify_hostname = t.verify;
+                p.options.ca = t.ca.clone();
+                p
+            }
+        };
         peer.options.connection_timeout = Some(s.upstream_connect_timeout);
         peer.options.total_connection_timeout = Some(s.upstream_connect_timeout);
         peer.options.read_timeout = Some(s.upstream_timeout);

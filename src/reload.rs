@@ -181,6 +181,12 @@ fn keep_startup_settings(running: &Settings, new: &mut Settings) -> Vec<&'static
         new.shutdown_grace = running.shutdown_grace;
         kept.push("shutdown_grace");
     }
+    // The listener is TLS or not from the start; a new certificate for a TLS listener
+    // does apply (it is served from the snapshot).
+    if new.tls.is_some() != running.tls.is_some() {
+        new.tls.clone_from(&running.tls);
+        kept.push("tls");
+    }
     kept
 }
 
@@ -321,6 +327,8 @@ fn diff_settings(old: &Settings, new: &Settings) -> Vec<&'static str> {
         upstream_timeout,
         upstream_connect_timeout,
         mode,
+        tls,
+        upstream_tls,
     } = old;
     let mut changed = Vec::new();
     let mut check = |differs: bool, name: &'static str| {
@@ -343,6 +351,8 @@ fn diff_settings(old: &Settings, new: &Settings) -> Vec<&'static str> {
         "upstream_connect_timeout",
     );
     check(*mode != new.mode, "mode");
+    check(*tls != new.tls, "tls");
+    check(*upstream_tls != new.upstream_tls, "upstream_tls");
     changed
 }
 

@@ -40,9 +40,9 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut sink = validate::Sink::new(path, &main_text);
-    let settings = validate::settings(&raw, &base, &mut sink);
-    let routes = validate::routes(&raw.routes, &mut sink);
     let mut extra_files = Vec::new();
+    let settings = validate::settings(&raw, &base, &mut sink, &mut extra_files);
+    let routes = validate::routes(&raw.routes, &mut sink);
     let tokens = raw.tokens.as_ref().map(|t| validate::tokens(t, &base, &mut sink, &mut extra_files));
     if routes.routes.is_empty() && raw.routes.is_empty() {
         warnings.push("no routes are configured: every request is denied".to_string());
@@ -53,15 +53,19 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
     let env = settings.as_ref().map_or(Environment::Sandbox, |s| s.environment);
     let mut hasher = Sha256::new();
     hasher.update(main_text.as_bytes());
-    let credentials = match read(&cred_path).and_then(|t| {
-        parse::<raw::CredentialsRaw>(&cred_path, &t).map(|r| (t, r))
-    }) {
-        Ok((text, cred_raw)) => {
+    let credentials = match read(&cred_path) {
+        Ok(text) => {
             hasher.update(text.as_bytes());
-            let mut sink = validate::Sink::new(&cred_path, &text);
-            let store = validate::credentials(&cred_raw, env, now, &mut sink, &mut warnings);
-            errors.append(&mut sink.errors);
-            store
+            match credentials_from_text(&cred_path, &text, env, now) {
+                Ok((store, mut w)) => {
+                    warnings.append(&mut w);
+                    store
+                }
+                Err(mut e) => {
+                    errors.append(&mut e.0);
+                    CredentialStore::default()
+                }
+            }
         }
         Err(e) => {
             errors.push(e);
@@ -85,6 +89,27 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
             token_cache: Default::default(),
         }),
         _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Parses and validates the text of a credentials file exactly as [`load`] does, for
+/// environment `env` at `now` (unix seconds); `path` names the file in errors. Returns the
+/// store and its warnings, or every error found. `credentials` commands validate a file
+/// with this before they write it, so a write never leaves a file the sidecar would refuse.
+pub fn credentials_from_text(
+    path: &Path,
+    text: &str,
+    env: Environment,
+    now: i64,
+) -> Result<(CredentialStore, Vec<String>), ConfigErrors> {
+    let cred_raw = parse::<raw::CredentialsRaw>(path, text).map_err(|e| ConfigErrors(vec![e]))?;
+    let mut warnings = Vec::new();
+    let mut sink = validate::Sink::new(path, text);
+    let store = validate::credentials(&cred_raw, env, now, &mut sink, &mut warnings);
+    if sink.errors.is_empty() {
+        Ok((store, warnings))
+    } else {
+        Err(ConfigErrors(sink.errors))
     }
 }
 

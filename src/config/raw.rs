@@ -23,6 +23,12 @@ pub struct MainRaw {
     /// Seconds to wait for a TCP connection to the upstream (default 5); 502 after.
     #[serde(default)]
     pub upstream_connect_timeout: Option<f64>,
+    /// TLS on the proxy listener (edge gateway).
+    #[serde(default)]
+    pub tls: Option<TlsRaw>,
+    /// TLS to the upstream.
+    #[serde(default)]
+    pub upstream_tls: Option<UpstreamTlsRaw>,
     /// `enforce` (default) or `shadow`: log and count denials but forward.
     #[serde(default)]
     pub mode: Option<String>,
@@ -30,6 +36,29 @@ pub struct MainRaw {
     pub tokens: Option<TokensRaw>,
     #[serde(default)]
     pub routes: Vec<RouteRaw>,
+}
+
+/// `tls:` — certificate chain and private key (PEM), relative to the main config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsRaw {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `upstream_tls:` — TLS to the protected API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsRaw {
+    /// Server name to send and verify (default: the upstream's host).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// PEM file of CA certificates to trust instead of the system's.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Verify the upstream's certificate (default true).
+    #[serde(default)]
+    pub verify: Option<bool>,
 }
 
 /// The `tokens` section.
@@ -118,6 +147,9 @@ pub struct UserRaw {
 pub struct ClientRaw {
     pub id: String,
     pub secret_hash: String,
+    /// Secret hashes replaced by `credentials rotate --overlap`, each accepted until its `until`.
+    #[serde(default)]
+    pub previous_secret_hashes: Vec<PreviousHashRaw>,
     #[serde(default)]
     pub roles: Vec<String>,
     #[serde(default)]
@@ -138,6 +170,9 @@ pub struct ClientRaw {
 pub struct ApiKeyRaw {
     pub name: String,
     pub key_hash: String,
+    /// Key hashes replaced by `credentials rotate --overlap`, each accepted until its `until`.
+    #[serde(default)]
+    pub previous_key_hashes: Vec<PreviousHashRaw>,
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
@@ -153,4 +188,13 @@ pub struct ApiKeyRaw {
     pub description: Option<String>,
     #[serde(default)]
     pub notes: Option<String>,
+}
+
+/// A replaced key or secret hash that keeps working until `until` (a date or an RFC 3339
+/// timestamp, as `expires`), so that a rotation needs no outage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousHashRaw {
+    pub hash: String,
+    pub until: String,
 }

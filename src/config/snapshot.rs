@@ -50,6 +50,9 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub mode: Mode,
+    /// TLS on the listener; the certificate is served from the current snapshot.
+    pub tls: Option<crate::tls::ListenerTls>,
+    pub upstream_tls: Option<crate::tls::UpstreamTls>,
 }
 
 impl Settings {
@@ -146,6 +149,12 @@ impl Credential {
 #[derive(Debug, Default, Clone)]
 pub struct CredentialStore {
     pub by_key_hash: HashMap<[u8; 32], Arc<Credential>>,
+    /// Key hashes replaced by `credentials rotate --overlap`: the key they belong to, and
+    /// the unix time from which they no longer work.
+    pub previous_key_hashes: HashMap<[u8; 32], (Arc<Credential>, i64)>,
+    /// Client secret hashes replaced by `credentials rotate --overlap`, by client id, each
+    /// with the unix time from which it no longer works.
+    pub previous_secrets: HashMap<Arc<str>, Vec<(SecretHash, i64)>>,
     pub clients: HashMap<Arc<str>, Arc<Credential>>,
     /// Every credential in file order (clients, then keys).
     pub all: Vec<Arc<Credential>>,

@@ -84,6 +84,20 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
 }
 
+/// Parses a client's `secret_hash`: a `$argon2id$` PHC string or `sha256:<64 hex>`.
+/// The error completes a sentence that starts with the field's name.
+pub fn parse_secret_hash(s: &str) -> Result<SecretHash, String> {
+    if s.starts_with("$argon2id$") {
+        argon2::PasswordHash::new(s)
+            .map(|_| SecretHash::Argon2(s.to_string()))
+            .map_err(|e| format!("is not a valid argon2id PHC string: {e}"))
+    } else {
+        parse_sha256(s)
+            .map(SecretHash::Sha256)
+            .ok_or_else(|| "must be $argon2id$… or sha256:<64 hex>".to_string())
+    }
+}
+
 /// Parses `sha256:<64 hex>`.
 pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
     let hexpart = s.strip_prefix("sha256:")?;
@@ -106,7 +120,7 @@ fn parse_secs(v: Option<f64>, default: f64, what: &str, sink: &mut Sink<'_>) -> 
 }
 
 /// Validates the main config (everything but the credentials file).
-pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>) -> Option<Settings> {
+pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec<PathBuf>) -> Option<Settings> {
     let MainRaw {
         listen,
         upstream,
@@ -118,10 +132,11 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>) -> Option<Setti
         upstream_timeout,
         upstream_connect_timeout,
         mode,
+        tls,
+        upstream_tls,
         tokens: _,
         routes: _,
     } = raw;
-    let _ = base;
     let mut ok = true;
     if listen.parse::<SocketAddr>().is_err() {
         let line = sink.loc.top_key("listen");
@@ -178,6 +193,38 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>) -> Option<Setti
     let upstream_timeout = parse_secs(*upstream_timeout, 30.0, "upstream_timeout", sink);
     let upstream_connect_timeout =
         parse_secs(*upstream_connect_timeout, 5.0, "upstream_connect_timeout", sink);
+    let tls = tls.as_ref().and_then(|t| {
+        let (cert, key) = (base.join(&t.cert), base.join(&t.key));
+        files.push(cert.clone());
+        files.push(key.clone());
+        match crate::tls::load_listener(&cert, &key) {
+            Ok(l) => Some(l),
+            Err((file, e)) => {
+                sink.errors.push(ConfigError::new(&file, None, format!("tls: {e}")));
+                None
+            }
+        }
+    });
+    let upstream_tls = upstream_tls.as_ref().and_then(|u| {
+        let sni = u.sni.clone().unwrap_or_else(|| {
+            upstream.rsplit_once(':').map_or(upstream.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_string()
+        });
+        let ca_path = u.ca.as_ref().map(|c| base.join(c));
+        let ca = match &ca_path {
+            None => None,
+            Some(p) => {
+                files.push(p.clone());
+                match crate::tls::load_ca(p) {
+                    Ok(ca) => Some(ca),
+                    Err(e) => {
+                        sink.errors.push(ConfigError::new(p, None, format!("upstream_tls.ca: {e}")));
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(crate::tls::UpstreamTls { sni, verify: u.verify.unwrap_or(true), ca, ca_path })
+    });
     if !ok {
         return None;
     }
@@ -192,6 +239,8 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>) -> Option<Setti
         upstream_timeout,
         upstream_connect_timeout,
         mode,
+        tls,
+        upstream_tls,
     })
 }
 
@@ -616,6 +665,7 @@ pub fn credentials(
         let ClientRaw {
             id,
             secret_hash,
+            previous_secret_hashes,
             roles,
             permissions,
             allowed_ips,
@@ -633,22 +683,28 @@ pub fn credentials(
             &Common { name: id, roles, permissions, allowed_ips, expires, description },
             "client", line, env, &custom, now, sink, warnings,
         );
-        let secret = if secret_hash.starts_with("$argon2id$") {
-            match argon2::PasswordHash::new(secret_hash) {
-                Ok(_) => Some(SecretHash::Argon2(secret_hash.clone())),
-                Err(e) => {
-                    let l = sink.loc.contains_after(line, "secret_hash");
-                    sink.err(l, format!("client {id:?}: secret_hash is not a valid argon2id PHC string: {e}"));
-                    None
-                }
+        let secret = match parse_secret_hash(secret_hash) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                let l = sink.loc.contains_after(line, "secret_hash");
+                sink.err(l, format!("client {id:?}: secret_hash {e}"));
+                None
             }
-        } else if let Some(h) = parse_sha256(secret_hash) {
-            Some(SecretHash::Sha256(h))
-        } else {
-            let l = sink.loc.contains_after(line, "secret_hash");
-            sink.err(l, format!("client {id:?}: secret_hash must be $argon2id$… or sha256:<64 hex>"));
-            None
         };
+        let mut previous = Vec::new();
+        for p in previous_secret_hashes {
+            let l = sink.loc.contains_after(line, "previous_secret_hashes");
+            let hash = parse_secret_hash(&p.hash)
+                .map_err(|e| sink.err(l, format!("client {id:?}: previous_secret_hashes: hash {e}")));
+            let until = parse_expires(&p.until)
+                .map_err(|e| sink.err(l, format!("client {id:?}: previous_secret_hashes: until: {e}")));
+            if let (Ok(h), Ok(u)) = (hash, until) {
+                previous.push((h, u));
+            }
+        }
+        if !previous.is_empty() {
+            store.previous_secrets.insert(Arc::from(id.as_str()), previous);
+        }
         let cred = Arc::new(Credential {
             id: Arc::from(id.as_str()),
             kind: CredentialKind::Client,
@@ -672,6 +728,7 @@ pub fn credentials(
         let ApiKeyRaw {
             name,
             key_hash,
+            previous_key_hashes,
             user,
             roles,
             permissions,
@@ -722,9 +779,26 @@ pub fn credentials(
             notes: notes.clone(),
             secret: None,
         });
-        if store.by_key_hash.insert(hash, cred.clone()).is_some() {
+        if store.by_key_hash.insert(hash, cred.clone()).is_some() || store.previous_key_hashes.contains_key(&hash) {
             let l = sink.loc.contains_after(line, "key_hash");
             sink.err(l, format!("api key {name:?}: key_hash is the same as another key's"));
+        }
+        for p in previous_key_hashes {
+            let l = sink.loc.contains_after(line, "previous_key_hashes");
+            let Some(h) = parse_sha256(&p.hash) else {
+                sink.err(l, format!("api key {name:?}: previous_key_hashes: hash must be sha256:<64 hex>"));
+                continue;
+            };
+            match parse_expires(&p.until) {
+                Err(e) => sink.err(l, format!("api key {name:?}: previous_key_hashes: until: {e}")),
+                Ok(until) => {
+                    if store.by_key_hash.contains_key(&h)
+                        || store.previous_key_hashes.insert(h, (cred.clone(), until)).is_some()
+                    {
+                        sink.err(l, format!("api key {name:?}: previous_key_hashes: a hash is the same as another key's"));
+                    }
+                }
+            }
         }
         store.all.push(cred);
     }

@@ -48,8 +48,14 @@ pub fn authenticate(snap: &Snapshot, presented: Presented<'_>, now: i64) -> Resu
 /// Looks an API key up by the SHA-256 of the whole key string: O(1) in the number of keys.
 pub fn api_key(snap: &Snapshot, key: &str, now: i64) -> Result<Identity, Rejection> {
     let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-    let Some(cred) = snap.credentials.by_key_hash.get(&hash) else {
-        return Err(Rejection::new(Reason::InvalidApiKey, "the API key is not known"));
+    let cred = match snap.credentials.by_key_hash.get(&hash) {
+        Some(cred) => cred,
+        // A key replaced by `credentials rotate --overlap` works until its `until`.
+        None => match snap.credentials.previous_key_hashes.get(&hash) {
+            Some((cred, until)) if now < *until => cred,
+            Some(_) => return Err(Rejection::new(Reason::InvalidApiKey, "the API key was rotated and no longer works")),
+            None => return Err(Rejection::new(Reason::InvalidApiKey, "the API key is not known")),
+        },
     };
     if cred.disabled {
         return Err(Rejection::new(Reason::InvalidApiKey, "the API key is disabled"));

@@ -62,6 +62,8 @@ mod tests {
             upstream_timeout: Duration::from_secs(1),
             upstream_connect_timeout: Duration::from_secs(1),
             mode: crate::config::Mode::Enforce,
+            tls: None,
+            upstream_tls: None,
         }
     }
     fn ip(s: &str) -> IpAddr {

@@ -328,6 +328,11 @@ fn issue(
             false
         }
     };
+    // A secret replaced by `credentials rotate --overlap` works until its `until`.
+    let secret_ok = secret_ok
+        || client
+            .and_then(|c| snap.credentials.previous_secrets.get(&c.id))
+            .is_some_and(|prev| prev.iter().any(|(h, until)| now < *until && verify_secret(h, &secret)));
     let client = match client {
         Some(c) if secret_ok => c,
         _ => return Err(bad_client("the client is unknown or the secret is wrong")),

@@ -244,6 +244,17 @@ impl ProxyHttp for Portcullis {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // The caller can quote this id; it is the upstream's x-auth-request-id too.
+        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let rej = match e.etype() {
             ConnectTimedout | ReadTimedout | WriteTimedout => {

@@ -129,3 +129,18 @@ fn shadow_mode_per_route_leaves_other_routes_enforced() {
     let r = p.send(&request("GET", "/v1/transactions", &[("x-api-key", &key)]));
     assert_error(&r, 403, Some("insufficient_scope"));
 }
+
+#[test]
+fn the_response_carries_the_request_id_the_upstream_saw() {
+    let up = Upstream::start();
+    let key = new_key();
+    let p = Proxy::start(up.addr, ROUTES, &key_creds("k", &key, "\"balances:read\""));
+    let r = p.send(&request("GET", "/v1/vaults/v-1/balances", &[("x-api-key", &key)]));
+    assert_eq!(r.status, 200);
+    let rid = r.header("x-request-id").expect("x-request-id on the response").to_string();
+    assert_eq!(rid.len(), 32);
+    assert_eq!(Echo::from(&r).one("x-auth-request-id"), rid);
+    let denied = p.send(&request("GET", "/v1/vaults/v-1/balances", &[]));
+    let body = assert_error(&denied, 401, Some("missing_credential"));
+    assert_eq!(denied.header("x-request-id"), body["request_id"].as_str());
+}

@@ -1,4 +1,4 @@
-//! The `portcullis` binary: `serve` and `check`.
+//! The `portcullis` binary: `serve`, `check`, `keygen`, `credentials` and `explain`.
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
@@ -49,6 +49,10 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Manage clients and API keys: create, list, show, disable, enable, delete, rotate.
+    Credentials(portcullis::cli::credentials::Args),
+    /// Explain the decision the config would take for one request by one credential.
+    Explain(portcullis::cli::explain::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,8 @@ fn main() -> ExitCode {
             ExitCode::from(code as u8)
         }
         Command::Serve { config } => serve(config),
+        Command::Credentials(args) => ExitCode::from(portcullis::cli::credentials::run(&args) as u8),
+        Command::Explain(args) => ExitCode::from(portcullis::cli::explain::run(&args) as u8),
         Command::Keygen { out, alg, force } => match keygen(&out, &alg, force) {
             Ok(kid) => {
                 println!("wrote {} (kid {kid})", out.display());

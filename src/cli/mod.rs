@@ -1,2 +1,4 @@
 //! Command-line subcommands other than `serve`.
 pub mod check;
+pub mod credentials;
+pub mod explain;

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Memory and load time with 100,000 credentials: ./benches/memory.sh [count=100000]
+#
+# Generates a credentials file with COUNT API keys (and a main config with 10 routes),
+# then reports (1) the wall time of `portcullis check` on it (parse + validate + build the
+# snapshot) and (2) the resident memory of `portcullis serve` once it listens.
+# Loopback only; everything is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNT=${1:-100000}
+cargo build --quiet --release --bin portcullis
+work=$(mktemp -d)
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+port=$((20000 + RANDOM % 20000))
+python3 - "$work" "$COUNT" "$port" <<'PY'
+import hashlib, sys
+work, count, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open(f"{work}/portcullis.yaml", "w") as f:
+    f.write(f'listen: "127.0.0.1:{port}"\nupstream: "127.0.0.1:9"\nadmin_listen: "127.0.0.1:{port+1}"\n'
+            'environment: production\ncredentials_file: credentials.yaml\nroutes:\n')
+    for i in range(10):
+        f.write(f'  - match: "GET /v1/r{i}/vaults/{{vault_id}}/balances"\n    require: "balances:read"\n')
+with open(f"{work}/credentials.yaml", "w") as f:
+    f.write("roles:\n  reporting: [\"transactions:read\", \"balances:read\"]\napi_keys:\n")
+    for i in range(count):
+        h = hashlib.sha256(f"mem-key-{i}".encode()).hexdigest()
+        f.write(f'  - name: key-{i}\n    key_hash: "sha256:{h}"\n    roles: [reporting]\n'
+                f'    permissions: ["balances:read@vault/v-{i % 1000}"]\n'
+                f'    allowed_ips: ["10.{i % 250}.0.0/16", "192.0.2.{i % 250}"]\n'
+                f'    expires: 2099-01-01\n    description: "generated key {i % 100000}"\n')
+PY
+size=$(du -h "$work/credentials.yaml" | cut -f1)
+start=$(date +%s.%N)
+target/release/portcullis check --config "$work/portcullis.yaml" >/dev/null
+end=$(date +%s.%N)
+target/release/portcullis serve --config "$work/portcullis.yaml" >/dev/null 2>&1 &
+pid=$!
+for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+sleep 0.5
+rss_kb=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
+hwm_kb=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
+awk -v n="$COUNT" -v size="$size" -v s="$start" -v e="$end" -v rss="$rss_kb" -v hwm="$hwm_kb" 'BEGIN {
+  printf "credentials: %s (file %s)\ncheck (load + validate + snapshot): %.3f s\nserve RSS after start: %.1f MB (peak %.1f MB)\n", n, size, e - s, rss / 1024, hwm / 1024 }'

@@ -21,6 +21,21 @@ impl ConfigError {
         }
     }
 
+    /// From a serde-saphyr error, keeping its line and column.
+    pub fn from_saphyr(file: &Path, e: &serde_saphyr::Error) -> Self {
+        let mut msg = e.without_snippet().to_string();
+        if let Some(i) = msg.rfind(" at line ") {
+            msg.truncate(i);
+        }
+        let loc = e.location().filter(|l| l.line() > 0);
+        ConfigError {
+            file: file.to_path_buf(),
+            line: loc.map(|l| l.line() as usize),
+            column: loc.map(|l| l.column() as usize),
+            message: msg,
+        }
+    }
+
     /// From a serde_yaml error, keeping its line and column.
     pub fn from_yaml(file: &Path, e: &serde_yaml::Error) -> Self {
         let mut msg = e.to_string();
@@ -83,8 +98,13 @@ impl<'a> Locator<'a> {
             let t = l.trim_start();
             let t = t.strip_prefix("- ").map(str::trim_start).unwrap_or(t);
             if let Some((k, rest)) = t.split_once(':') {
-                let v = unquote(strip_comment(rest).trim());
-                pairs.entry((k.trim_end(), v)).or_default().push(i + 1);
+                let k = k.trim_end();
+                // Only the keys that name entries are indexed: a 100,000-credential file
+                // then costs one pass and ~100,000 entries, not one per line.
+                if INDEXED_KEYS.contains(&k) {
+                    let v = unquote(strip_comment(rest).trim());
+                    pairs.entry((k, v)).or_default().push(i + 1);
+                }
             }
         }
         Locator { text, pairs }
@@ -93,7 +113,21 @@ impl<'a> Locator<'a> {
     /// 1-based line of the `nth` (0-based) line that reads `key: value`
     /// (optionally after `- `, value optionally quoted).
     pub fn pair(&self, key: &str, value: &str, nth: usize) -> Option<usize> {
-        self.pairs.get(&(key, value)).and_then(|v| v.get(nth)).copied()
+        let key = key.strip_prefix("- ").unwrap_or(key);
+        if INDEXED_KEYS.contains(&key) {
+            return self.pairs.get(&(key, value)).and_then(|v| v.get(nth)).copied();
+        }
+        self.text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| {
+                let t = l.trim_start();
+                let t = t.strip_prefix("- ").map(str::trim_start).unwrap_or(t);
+                t.split_once(':')
+                    .is_some_and(|(k, rest)| k.trim_end() == key && unquote(strip_comment(rest).trim()) == value)
+            })
+            .nth(nth)
+            .map(|(i, _)| i + 1)
     }
 
     /// 1-based line of the first line at or after `from` (1-based) containing `needle`;
@@ -117,6 +151,9 @@ impl<'a> Locator<'a> {
             .map(|i| i + 1)
     }
 }
+
+/// Keys whose `key: value` lines are indexed up front (they name list entries).
+const INDEXED_KEYS: [&str; 4] = ["name", "id", "match", "issuer"];
 
 fn strip_comment(s: &str) -> &str {
     match s.find(" #") {

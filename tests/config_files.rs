@@ -73,6 +73,24 @@ fn every_portcullis_config_passes_check() {
                 assert!(st.success());
             }
         }
+        // Likewise a self-signed TLS pair where `tls:` names files that are not there.
+        if let Some(tls) = raw.get("tls") {
+            let (cert, key) = (tls["cert"].as_str().unwrap(), tls["key"].as_str().unwrap());
+            let (cert, key) = (tmp.path().join(cert), tmp.path().join(key));
+            if !cert.exists() {
+                std::fs::create_dir_all(cert.parent().unwrap()).unwrap();
+                std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+                let st = Command::new("openssl")
+                    .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+                    .arg("-keyout")
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&cert)
+                    .output()
+                    .expect("openssl must be installed");
+                assert!(st.status.success());
+            }
+        }
         let out = Command::new(bin).args(["check", "--config"]).arg(&cfg).output().unwrap();
         assert!(
             out.status.success(),

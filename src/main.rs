@@ -173,5 +173,6 @@ fn serve(path: PathBuf) -> ExitCode {
             grace: std::time::Duration::from_secs(grace),
         }),
     });
+    portcullis::telemetry::flush_audit(std::time::Duration::from_secs(2));
     ExitCode::SUCCESS
 }

@@ -87,6 +87,7 @@ fn drain(in_flight: &InFlight, grace: Duration) {
     while start.elapsed() < grace {
         if in_flight.get() == 0 {
             tracing::info!(after_ms = start.elapsed().as_millis() as u64, "drained; exiting");
+            crate::telemetry::flush_audit(Duration::from_secs(2));
             std::process::exit(0);
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -35,23 +35,121 @@ pub struct AuditRecord<'a> {
     pub upstream_latency: Option<Duration>,
 }
 
-/// Writes one audit line (target `audit`).
+/// Writes one audit line (the `audit` target; `RUST_LOG` can silence it like any target).
+///
+/// The line is built here and written by a background thread: formatting through the
+/// tracing JSON layer and writing to stdout on the proxy's own workers cost ~40 µs of CPU
+/// per request under load, half the proxy's whole budget. The line has the same shape as
+/// the tracing JSON lines (`timestamp`, `level`, `message`, `target`, then the fields).
 pub fn audit(r: &AuditRecord<'_>) {
-    tracing::info!(
+    if !tracing::enabled!(target: "audit", tracing::Level::INFO) {
+        return;
+    }
+    let line = AuditLine {
+        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        level: "INFO",
+        message: "decision",
         target: "audit",
-        request_id = r.request_id,
-        client_ip = r.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-        method = r.method,
-        path = r.path,
-        route = r.route.unwrap_or(""),
-        credential = r.credential.unwrap_or(""),
-        credential_type = r.credential_type.unwrap_or(""),
-        user = r.user.unwrap_or(""),
-        outcome = r.outcome,
-        reason = r.reason.unwrap_or(""),
-        status = r.status,
-        latency_us = r.latency.as_micros() as u64,
-        upstream_latency_us = r.upstream_latency.map(|d| d.as_micros() as u64).unwrap_or(0),
-        "decision"
-    );
+        request_id: r.request_id,
+        client_ip: r.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+        method: r.method,
+        path: r.path,
+        route: r.route.unwrap_or(""),
+        credential: r.credential.unwrap_or(""),
+        credential_type: r.credential_type.unwrap_or(""),
+        user: r.user.unwrap_or(""),
+        outcome: r.outcome,
+        reason: r.reason.unwrap_or(""),
+        status: r.status,
+        latency_us: r.latency.as_micros() as u64,
+        upstream_latency_us: r.upstream_latency.map(|d| d.as_micros() as u64).unwrap_or(0),
+    };
+    let mut buf = Vec::with_capacity(384);
+    if serde_json::to_writer(&mut buf, &line).is_ok() {
+        buf.push(b'\n');
+        writer().send(buf);
+    }
+}
+
+#[derive(serde::Serialize)]
+struct AuditLine<'a> {
+    timestamp: String,
+    level: &'static str,
+    message: &'static str,
+    target: &'static str,
+    request_id: &'a str,
+    client_ip: String,
+    method: &'a str,
+    path: &'a str,
+    route: &'a str,
+    credential: &'a str,
+    credential_type: &'a str,
+    user: &'a str,
+    outcome: &'a str,
+    reason: &'a str,
+    status: u16,
+    latency_us: u64,
+    upstream_latency_us: u64,
+}
+
+/// Lines waiting for the writer thread; `send` blocks when this many are queued
+/// (backpressure rather than a lost audit line).
+const AUDIT_QUEUE: usize = 65_536;
+
+struct AuditWriter {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    sent: std::sync::atomic::AtomicU64,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl AuditWriter {
+    fn send(&self, line: Vec<u8>) {
+        use std::sync::atomic::Ordering;
+        self.sent.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = self.tx.send(line) {
+            // The writer thread is gone: write here rather than lose the line.
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(&e.0);
+            self.written.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn writer() -> &'static AuditWriter {
+    static W: std::sync::OnceLock<AuditWriter> = std::sync::OnceLock::new();
+    W.get_or_init(|| {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(AUDIT_QUEUE);
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let w2 = written.clone();
+        let spawned = std::thread::Builder::new().name("audit-log".into()).spawn(move || {
+            let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+            while let Ok(first) = rx.recv() {
+                let mut n = 1;
+                let _ = out.write_all(&first);
+                // Take whatever else is queued, then write it all at once.
+                while let Ok(more) = rx.try_recv() {
+                    let _ = out.write_all(&more);
+                    n += 1;
+                }
+                let _ = out.flush();
+                w2.fetch_add(n, Ordering::AcqRel);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the audit writer; audit lines are written inline");
+        }
+        AuditWriter { tx, sent: std::sync::atomic::AtomicU64::new(0), written }
+    })
+}
+
+/// Waits (up to `timeout`) until every audit line sent so far is written: call before exit.
+pub fn flush_audit(timeout: Duration) {
+    use std::sync::atomic::Ordering;
+    let w = writer();
+    let deadline = std::time::Instant::now() + timeout;
+    while w.written.load(Ordering::Acquire) < w.sent.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }

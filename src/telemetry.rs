@@ -125,16 +125,29 @@ fn writer() -> &'static AuditWriter {
         let w2 = written.clone();
         let spawned = std::thread::Builder::new().name("audit-log".into()).spawn(move || {
             let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-            while let Ok(first) = rx.recv() {
-                let mut n = 1;
-                let _ = out.write_all(&first);
-                // Take whatever else is queued, then write it all at once.
-                while let Ok(more) = rx.try_recv() {
-                    let _ = out.write_all(&more);
-                    n += 1;
+            let mut pending = 0u64;
+            loop {
+                match rx.try_recv() {
+                    Ok(line) => {
+                        let _ = out.write_all(&line);
+                        pending += 1;
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {
+                        if pending > 0 {
+                            let _ = out.flush();
+                            w2.fetch_add(pending, Ordering::AcqRel);
+                            pending = 0;
+                        }
+                        // Polling in batches: a blocking receive would wake this thread
+                        // (and cost a context switch) for every single request.
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        let _ = out.flush();
+                        w2.fetch_add(pending, Ordering::AcqRel);
+                        return;
+                    }
                 }
-                let _ = out.flush();
-                w2.fetch_add(n, Ordering::AcqRel);
             }
         });
         if let Err(e) = spawned {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load harness: ./benches/load.sh [seconds=10] [connections=32]
+# Load harness: ./benches/load.sh [seconds=10] [connections=32] [rounds=3]
 #
 # On this machine, over loopback only, in one run: a fast upstream
 # (examples/fast_upstream.rs), then wrk against
@@ -8,11 +8,14 @@
 #   3. portcullis with an API key,
 #   4. portcullis with a Bearer token,
 # and prints requests/s and p50/p99 latency for each, with the ratios to the plain proxy.
+# The three proxies are measured in alternating rounds (plain, key, bearer, plain, …) and
+# the median of the rounds is reported, so a drift of the shared machine hits all alike.
 # Bounded: each run lasts the given seconds; everything is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
 CONNS=${2:-32}
+ROUNDS=${3:-3}
 BASE=${LOAD_BASE_PORT:-18000}
 UP=127.0.0.1:$BASE PLAIN=127.0.0.1:$((BASE+1)) PC=127.0.0.1:$((BASE+2)) ADMIN=127.0.0.1:$((BASE+3))
 
@@ -84,13 +87,25 @@ run() { # name url [header]
   non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
   echo "$name $rps $p50 $p99 ${non2xx:-0}"
 }
-echo "wrk -t1 -c$CONNS -d${SECS}s, loopback, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "wrk -t1 -c$CONNS -d${SECS}s, loopback, $(nproc) cores, $ROUNDS rounds (median), $(date -u +%Y-%m-%dT%H:%MZ)"
 results=()
 results+=("$(run upstream "http://$UP$path")")
-results+=("$(run plain_proxy "http://$PLAIN$path")")
-results+=("$(run portcullis_api_key "http://$PC$path" "x-api-key: $key")")
-results+=("$(run portcullis_bearer "http://$PC$path" "Authorization: Bearer $token")")
+for _ in $(seq 1 "$ROUNDS"); do
+  results+=("$(run plain_proxy "http://$PLAIN$path")")
+  results+=("$(run portcullis_api_key "http://$PC$path" "x-api-key: $key")")
+  results+=("$(run portcullis_bearer "http://$PC$path" "Authorization: Bearer $token")")
+done
 printf '%s\n' "${results[@]}" | awk '
-  BEGIN { printf "%-20s %12s %9s %9s %8s %10s %10s\n", "target", "req/s", "p50 ms", "p99 ms", "non-2xx", "rps/plain", "p99/plain" }
-  { name[NR]=$1; rps[NR]=$2; p50[NR]=$3; p99[NR]=$4; bad[NR]=$5; if ($1=="plain_proxy") { prps=$2; pp99=$4 } }
-  END { for (i=1;i<=NR;i++) printf "%-20s %12.0f %9.3f %9.3f %8s %10.3f %10.3f\n", name[i], rps[i], p50[i], p99[i], bad[i], rps[i]/prps, p99[i]/pp99 }'
+  function median(list,   n, a, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  { if (!($1 in seen)) { seen[$1] = 1; order[++k] = $1 }
+    rps[$1] = rps[$1] " " $2; p50[$1] = p50[$1] " " $3; p99[$1] = p99[$1] " " $4; bad[$1] += $5 }
+  END {
+    prps = median(rps["plain_proxy"]); pp99 = median(p99["plain_proxy"])
+    printf "%-20s %12s %9s %9s %8s %10s %10s\n", "target", "req/s", "p50 ms", "p99 ms", "non-2xx", "rps/plain", "p99/plain"
+    for (i = 1; i <= k; i++) { n = order[i]
+      printf "%-20s %12.0f %9.3f %9.3f %8d %10.3f %10.3f\n", n, median(rps[n]), median(p50[n]), median(p99[n]), bad[n], median(rps[n]) / prps, median(p99[n]) / pp99 }
+  }'

@@ -4,6 +4,7 @@
 // forwarding every request to one upstream, built with the same pingora, features and
 // server settings as portcullis. portcullis's overhead is measured against this.
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -20,7 +21,14 @@ impl ProxyHttp for Plain {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        // The same peer settings as portcullis's defaults (its 502/504 need the timeouts),
+        // so the comparison measures the checks and nothing else.
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        peer.options.total_connection_timeout = Some(Duration::from_secs(5));
+        peer.options.read_timeout = Some(Duration::from_secs(30));
+        peer.options.write_timeout = Some(Duration::from_secs(30));
+        Ok(Box::new(peer))
     }
 }
 

@@ -533,6 +533,7 @@ struct CommonOut {
     expires_at: i64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn common(
     c: &Common<'_>,
     kind: &str,

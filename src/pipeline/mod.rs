@@ -16,6 +16,9 @@ use crate::permission::any_grants;
 use crate::rejection::{Reason, Rejection};
 
 /// Proof that a request may be forwarded; only [`decide`] makes one.
+// Sealed by a private field rather than `#[non_exhaustive]`, which would still let any
+// module of this crate build one.
+#[allow(clippy::manual_non_exhaustive)]
 #[derive(Debug, Clone)]
 pub struct Permit {
     /// The route template (`None` never happens for a forwarded request today, but the

@@ -126,11 +126,13 @@ fn writer() -> &'static AuditWriter {
         let spawned = std::thread::Builder::new().name("audit-log".into()).spawn(move || {
             let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
             let mut pending = 0u64;
+            let mut idle_polls = 0u32;
             loop {
                 match rx.try_recv() {
                     Ok(line) => {
                         let _ = out.write_all(&line);
                         pending += 1;
+                        idle_polls = 0;
                     }
                     Err(std::sync::mpsc::TryRecvError::Empty) => {
                         if pending > 0 {
@@ -138,9 +140,22 @@ fn writer() -> &'static AuditWriter {
                             w2.fetch_add(pending, Ordering::AcqRel);
                             pending = 0;
                         }
-                        // Polling in batches: a blocking receive would wake this thread
-                        // (and cost a context switch) for every single request.
-                        std::thread::sleep(Duration::from_millis(5));
+                        idle_polls += 1;
+                        if idle_polls > 200 {
+                            // Idle for a second: block until the next line instead of polling.
+                            match rx.recv() {
+                                Ok(line) => {
+                                    let _ = out.write_all(&line);
+                                    pending += 1;
+                                    idle_polls = 0;
+                                }
+                                Err(_) => return,
+                            }
+                        } else {
+                            // Under load, polling in batches: a blocking receive would wake
+                            // this thread (a context switch) for every single request.
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
                     }
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                         let _ = out.flush();

@@ -141,12 +141,8 @@ impl Portcullis {
         }
         let req = session.req_header();
         let headers = req.headers.clone();
-        let xff: Vec<String> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect();
-        let client_ip = client_ip::client_ip(peer, xff.iter().map(String::as_str), &ctx.snap.settings);
+        let xff = headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
+        let client_ip = client_ip::client_ip(peer, xff, &ctx.snap.settings);
         ctx.client_ip = Some(client_ip);
         let snap = ctx.snap.clone();
         let rid = ctx.request_id.clone();

@@ -144,3 +144,40 @@ fn the_response_carries_the_request_id_the_upstream_saw() {
     let body = assert_error(&denied, 401, Some("missing_credential"));
     assert_eq!(denied.header("x-request-id"), body["request_id"].as_str());
 }
+
+#[test]
+fn a_forwarded_for_value_that_is_not_text_never_lets_the_caller_pick_its_address() {
+    let up = Upstream::start();
+    let (spoofed, real) = (new_key(), new_key());
+    let creds = format!(
+        "api_keys:\n  - name: spoofed\n    key_hash: \"{}\"\n    permissions: [\"balances:read\"]\n    allowed_ips: [\"203.0.113.9\"]\n    expires: 2099-01-01\n  - name: real\n    key_hash: \"{}\"\n    permissions: [\"balances:read\"]\n    allowed_ips: [\"198.51.100.66\"]\n    expires: 2099-01-01\n",
+        sha256_hash(&spoofed),
+        sha256_hash(&real)
+    );
+    let p = Proxy::start(up.addr, &format!("trusted_proxies: [\"127.0.0.1/32\"]\n{ROUTES}"), &creds);
+    // The caller wrote the first line and the garbled start of the second; the trusted
+    // proxy (the peer, 127.0.0.1) appended the real client to the second.
+    let raw = |key: &str| {
+        let mut r = format!("GET /v1/vaults/v-1/balances HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\nX-Forwarded-For: 203.0.113.9\r\n").into_bytes();
+        r.extend_from_slice(b"X-Forwarded-For: \xff, 198.51.100.66\r\n\r\n");
+        r
+    };
+    let r = p.send(&raw(&spoofed));
+    assert_error(&r, 403, Some("ip_not_allowed"));
+    let r = p.send(&raw(&real));
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(Echo::from(&r).one("x-auth-client-ip"), "198.51.100.66");
+}
+
+#[test]
+fn method_override_headers_in_any_spelling_are_refused() {
+    let up = Upstream::start();
+    let key = new_key();
+    let p = Proxy::start(up.addr, ROUTES, &key_creds("k", &key, "\"balances:read\""));
+    for h in ["X_HTTP_Method_Override", "x.http.method", "X-Method-Override"] {
+        let marker = new_marker();
+        let r = p.send(&request("GET", "/v1/vaults/v-1/balances", &[("x-api-key", &key), (h, "DELETE"), ("x-test-marker", &marker)]));
+        assert_error(&r, 400, Some("invalid_request"));
+        assert!(up.with_marker(&marker).is_empty(), "{h} was forwarded");
+    }
+}

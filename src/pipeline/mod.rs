@@ -103,13 +103,8 @@ fn decide_enforced(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision
         Ok(p) => p,
         Err(r) => return Decision::deny(r, None, None, None),
     };
-    let xff = req
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>();
-    let client_ip = client_ip::client_ip(req.peer, xff.into_iter(), &snap.settings);
+    let xff = req.headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
+    let client_ip = client_ip::client_ip(req.peer, xff, &snap.settings);
     let matched = snap.routes.lookup(req.method, path);
     let route_id = matched.as_ref().map(|m| m.route.id.clone());
     let route_mode = matched.as_ref().and_then(|m| m.route.mode);

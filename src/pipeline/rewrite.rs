@@ -61,15 +61,14 @@ pub fn rewrite(
     if upgrade {
         let _ = req.insert_header("connection", "upgrade");
     }
-    let xff: Vec<String> = req
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_string))
-        .collect();
-    let peer_s = peer.to_canonical().to_string();
-    let xff = if xff.is_empty() { peer_s } else { format!("{}, {peer_s}", xff.join(", ")) };
-    let _ = req.insert_header("x-forwarded-for", xff);
+    // Every value kept byte for byte (none dropped for not being text), then the peer.
+    let mut xff: Vec<u8> = Vec::new();
+    for v in req.headers.get_all("x-forwarded-for").iter() {
+        xff.extend_from_slice(v.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    xff.extend_from_slice(peer.to_canonical().to_string().as_bytes());
+    req.insert_header("x-forwarded-for", xff)?;
     if let Some(id) = &permit.identity {
         req.insert_header("x-auth-credential", id.credential.as_ref())?;
         req.insert_header("x-auth-credential-type", id.kind.as_str())?;

@@ -80,6 +80,14 @@ pub fn check_target(target: &[u8]) -> Result<&str, Rejection> {
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] =
     ["x-http-method-override", "x-http-method", "x-method-override"];
 
+/// Whether a (lower-case) header name is a method override once `_` and `.` read as `-`.
+fn is_method_override(name: &str) -> bool {
+    METHOD_OVERRIDE_HEADERS.iter().any(|h| {
+        h.len() == name.len()
+            && h.bytes().zip(name.bytes()).all(|(a, b)| a == if b == b'_' || b == b'.' { b'-' } else { b })
+    })
+}
+
 /// A credential as presented, not yet checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presented<'a> {
@@ -95,10 +103,10 @@ pub enum Presented<'a> {
 /// Checks the headers and extracts the presented credential: at most one `Authorization`
 /// or `x-api-key`, never both, no method-override headers.
 pub fn check_headers(headers: &HeaderMap) -> Result<Presented<'_>, Rejection> {
-    for h in METHOD_OVERRIDE_HEADERS {
-        if headers.contains_key(h) {
-            return Err(bad("method-override headers are not accepted"));
-        }
+    // Also `X_HTTP_Method_Override` and `x.http.method.override`: CGI-style servers read
+    // `_` (and some `.`) as `-`, as the identity-header stripping assumes too.
+    if headers.keys().any(|k| is_method_override(k.as_str())) {
+        return Err(bad("method-override headers are not accepted"));
     }
     let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
     let mut keys = headers.get_all("x-api-key").iter();
@@ -182,6 +190,9 @@ mod tests {
             hm(&[("x-http-method-override", "DELETE")]),
             hm(&[("X-HTTP-Method", "DELETE")]),
             hm(&[("x-method-override", "DELETE")]),
+            hm(&[("x_http_method_override", "DELETE")]),
+            hm(&[("x.http.method", "DELETE")]),
+            hm(&[("X_Method_Override", "DELETE")]),
         ] {
             assert!(check_headers(&h).is_err(), "{h:?}");
         }

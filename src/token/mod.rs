@@ -139,7 +139,7 @@ fn verify_uncached(
     };
     claims::validate(&claims, want_iss, want_aud, now, leeway).map_err(invalid)?;
     let exp = claims::exp(&claims).unwrap_or(now);
-    let valid_from = claims::nbf(&claims).map_or(i64::MIN, |n| n - leeway);
+    let valid_from = claims::nbf(&claims).map_or(i64::MIN, |n| n.saturating_sub(leeway));
     let mut valid_until = exp.saturating_add(leeway);
 
     let identity = match external {

@@ -128,12 +128,8 @@ fn writer() -> &'static AuditWriter {
             let mut pending = 0u64;
             let mut idle_polls = 0u32;
             loop {
-                match rx.try_recv() {
-                    Ok(line) => {
-                        let _ = out.write_all(&line);
-                        pending += 1;
-                        idle_polls = 0;
-                    }
+                let next = match rx.try_recv() {
+                    Ok(line) => Some(line),
                     Err(std::sync::mpsc::TryRecvError::Empty) => {
                         if pending > 0 {
                             let _ = out.flush();
@@ -144,17 +140,14 @@ fn writer() -> &'static AuditWriter {
                         if idle_polls > 200 {
                             // Idle for a second: block until the next line instead of polling.
                             match rx.recv() {
-                                Ok(line) => {
-                                    let _ = out.write_all(&line);
-                                    pending += 1;
-                                    idle_polls = 0;
-                                }
+                                Ok(line) => Some(line),
                                 Err(_) => return,
                             }
                         } else {
                             // Under load, polling in batches: a blocking receive would wake
                             // this thread (a context switch) for every single request.
                             std::thread::sleep(Duration::from_millis(5));
+                            None
                         }
                     }
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => {
@@ -162,6 +155,11 @@ fn writer() -> &'static AuditWriter {
                         w2.fetch_add(pending, Ordering::AcqRel);
                         return;
                     }
+                };
+                if let Some(line) = next {
+                    let _ = out.write_all(&line);
+                    pending += 1;
+                    idle_polls = 0;
                 }
             }
         });

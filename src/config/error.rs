@@ -95,16 +95,10 @@ impl<'a> Locator<'a> {
     pub fn new(text: &'a str) -> Self {
         let mut pairs: std::collections::HashMap<(&str, &str), Vec<usize>> = Default::default();
         for (i, l) in text.lines().enumerate() {
-            let t = l.trim_start();
-            let t = t.strip_prefix("- ").map(str::trim_start).unwrap_or(t);
-            if let Some((k, rest)) = t.split_once(':') {
-                let k = k.trim_end();
-                // Only the keys that name entries are indexed: a 100,000-credential file
-                // then costs one pass and ~100,000 entries, not one per line.
-                if INDEXED_KEYS.contains(&k) {
-                    let v = unquote(strip_comment(rest).trim());
-                    pairs.entry((k, v)).or_default().push(i + 1);
-                }
+            // Only the keys that name entries are indexed: a 100,000-credential file
+            // then costs one pass and ~100,000 entries, not one per line.
+            if let Some((k, v)) = line_pair(l).filter(|(k, _)| INDEXED_KEYS.contains(k)) {
+                pairs.entry((k, v)).or_default().push(i + 1);
             }
         }
         Locator { text, pairs }
@@ -113,19 +107,13 @@ impl<'a> Locator<'a> {
     /// 1-based line of the `nth` (0-based) line that reads `key: value`
     /// (optionally after `- `, value optionally quoted).
     pub fn pair(&self, key: &str, value: &str, nth: usize) -> Option<usize> {
-        let key = key.strip_prefix("- ").unwrap_or(key);
         if INDEXED_KEYS.contains(&key) {
             return self.pairs.get(&(key, value)).and_then(|v| v.get(nth)).copied();
         }
         self.text
             .lines()
             .enumerate()
-            .filter(|(_, l)| {
-                let t = l.trim_start();
-                let t = t.strip_prefix("- ").map(str::trim_start).unwrap_or(t);
-                t.split_once(':')
-                    .is_some_and(|(k, rest)| k.trim_end() == key && unquote(strip_comment(rest).trim()) == value)
-            })
+            .filter(|(_, l)| line_pair(l) == Some((key, value)))
             .nth(nth)
             .map(|(i, _)| i + 1)
     }
@@ -154,6 +142,14 @@ impl<'a> Locator<'a> {
 
 /// Keys whose `key: value` lines are indexed up front (they name list entries).
 const INDEXED_KEYS: [&str; 4] = ["name", "id", "match", "issuer"];
+
+/// A line read as `key: value` (optionally after `- `; value unquoted, comment dropped).
+fn line_pair(line: &str) -> Option<(&str, &str)> {
+    let t = line.trim_start();
+    let t = t.strip_prefix("- ").map(str::trim_start).unwrap_or(t);
+    let (k, rest) = t.split_once(':')?;
+    Some((k.trim_end(), unquote(strip_comment(rest).trim())))
+}
 
 fn strip_comment(s: &str) -> &str {
     match s.find(" #") {

@@ -299,7 +299,7 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
     let mut external = Vec::new();
     for ext in external_issuers {
         let ExternalIssuerRaw { issuer: ext_iss, audience: ext_aud, jwks_file, jwks_url, permissions_claim } = ext;
-        let line = sink.loc.pair("issuer", ext_iss, 0).or_else(|| sink.loc.pair("- issuer", ext_iss, 0));
+        let line = sink.loc.pair("issuer", ext_iss, 0);
         if *ext_iss == issuer {
             sink.err(line, format!("external issuer {ext_iss:?} is the same as tokens.issuer"));
             continue;
@@ -392,7 +392,7 @@ pub fn routes(raw: &[RouteRaw], sink: &mut Sink<'_>) -> RouteTable {
             mode,
         } = r;
         let n = *seen.entry(match_.clone()).and_modify(|c| *c += 1).or_insert(0usize);
-        let line = sink.loc.pair("match", match_, n).or_else(|| sink.loc.pair("- match", match_, n));
+        let line = sink.loc.pair("match", match_, n);
         let Some((method, path)) = match_.trim().split_once(' ') else {
             sink.err(line, format!("route {match_:?} must be \"METHOD /path\""));
             continue;

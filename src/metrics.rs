@@ -59,7 +59,7 @@ const AUTH_BUCKETS: &[f64] = &[
 
 /// The OAuth 2.0 error codes (RFC 6749 §5.2, plus `server_error`): the `reason` values
 /// of `portcullis_token_requests_refused_total`. Anything else is counted as `other`.
-pub const TOKEN_REFUSAL_REASONS: [&str; 8] = [
+pub const TOKEN_REFUSAL_REASONS: [&str; 10] = [
     "invalid_request",
     "invalid_client",
     "invalid_grant",
@@ -67,6 +67,8 @@ pub const TOKEN_REFUSAL_REASONS: [&str; 8] = [
     "unsupported_grant_type",
     "invalid_scope",
     "server_error",
+    "slow_down",
+    "temporarily_unavailable",
     "other",
 ];
 
@@ -223,6 +225,7 @@ pub struct Metrics {
     upstream_timeout: IntCounter,
     tokens_issued: IntCounterVec,
     token_refused: IntCounterVec,
+    audit_dropped: IntCounter,
     reloads_success: IntCounter,
     reloads_failure: IntCounter,
     last_reload_success: Gauge,
@@ -330,6 +333,14 @@ impl Metrics {
             "Token requests refused, by OAuth error code (other: any code not listed).",
             &["reason"],
         );
+        let audit_dropped = reg(
+            &r,
+            IntCounter::new(
+                "portcullis_audit_lines_dropped_total",
+                "Audit lines dropped because the writer's queue was full (the request path never waits for the log).",
+            )
+            .expect("valid counter definition"),
+        );
         let reloads = counter_vec(
             &r,
             "portcullis_config_reloads_total",
@@ -424,6 +435,7 @@ impl Metrics {
             shadow_denials,
             tokens_issued,
             token_refused,
+            audit_dropped,
             last_reload_success,
             last_reload_successful,
             config_info,
@@ -606,6 +618,11 @@ impl Metrics {
     /// credentials expire between reloads, so the state counts are refreshed per scrape.
     pub fn render_at(&self, now: i64) -> String {
         self.count_credentials(now);
+        let dropped = crate::telemetry::audit_lines_dropped();
+        let seen = self.audit_dropped.get();
+        if dropped > seen {
+            self.audit_dropped.inc_by(dropped - seen);
+        }
         match TextEncoder::new().encode_to_string(&self.registry.gather()) {
             Ok(text) => text,
             Err(e) => {

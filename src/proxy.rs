@@ -96,6 +96,9 @@ async fn respond_reply(session: &mut Session, reply: &Reply, request_id: &str) -
     if let Some(a) = reply.allow {
         resp.insert_header("allow", a)?;
     }
+    if let Some(secs) = reply.retry_after {
+        resp.insert_header("retry-after", secs.to_string())?;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(reply.body.clone()), true).await?;
     Ok(())
@@ -146,9 +149,17 @@ impl Portcullis {
         ctx.client_ip = Some(client_ip);
         let snap = ctx.snap.clone();
         let rid = ctx.request_id.clone();
-        // argon2 is deliberately slow: keep it off the proxy's async workers.
+        // argon2 is slow and takes ~19 MiB per verification by design: at most
+        // `max_concurrent_verifications` run at once, so a flood costs bounded memory
+        // and leaves the proxy's workers free (SPEC §6 abuse bounds).
+        let max = snap.tokens.as_ref().map_or(1, |t| t.max_concurrent_verifications);
+        let Some(slot) = crate::token::guard::guard().slot(max).await else {
+            return endpoint::OAuthError::busy().reply(&ctx.request_id);
+        };
         let job = tokio::task::spawn_blocking(move || {
-            endpoint::token(&snap, &headers, &body, client_ip, unix_now(), &rid)
+            let reply = endpoint::token(&snap, &headers, &body, client_ip, unix_now(), &rid);
+            drop(slot);
+            reply
         });
         match job.await {
             Ok(r) => r,
@@ -246,6 +257,19 @@ impl ProxyHttp for Portcullis {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // A switch of protocols is honoured only on a `websocket: true` route: anywhere
+        // else the bytes after a 101 would pass unjudged (SPEC §5 step 8).
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            let allowed = matches!(ctx.decision.as_ref().map(|d| &d.result), Some(Ok(p)) if p.upgrade);
+            if !allowed {
+                return Err(Error::create(
+                    HTTPStatus(502),
+                    ErrorSource::Upstream,
+                    Some("the upstream switched protocols on a route that does not allow it".into()),
+                    None,
+                ));
+            }
+        }
         // The caller can quote this id; it is the upstream's x-auth-request-id too.
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())

@@ -388,6 +388,7 @@ fn route_differs(old: &Route, new: &Route) -> bool {
         vault_param,
         key_param,
         mode,
+        websocket,
     } = old;
     *method != new.method
         || *template != new.template
@@ -396,6 +397,7 @@ fn route_differs(old: &Route, new: &Route) -> bool {
         || *vault_param != new.vault_param
         || *key_param != new.key_param
         || *mode != new.mode
+        || *websocket != new.websocket
 }
 
 fn diff_credentials(old: &CredentialStore, new: &CredentialStore) -> Lists<CredentialChange> {

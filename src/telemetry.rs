@@ -92,9 +92,17 @@ struct AuditLine<'a> {
     upstream_latency_us: u64,
 }
 
-/// Lines waiting for the writer thread; `send` blocks when this many are queued
-/// (backpressure rather than a lost audit line).
+/// Lines waiting for the writer thread. When this many are queued (stdout is stuck or far
+/// slower than the traffic), a new line is dropped and counted: the request path never
+/// blocks on the log.
 const AUDIT_QUEUE: usize = 65_536;
+
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Audit lines dropped so far (`portcullis_audit_lines_dropped_total`).
+pub fn audit_lines_dropped() -> u64 {
+    DROPPED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 struct AuditWriter {
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
@@ -105,12 +113,26 @@ struct AuditWriter {
 impl AuditWriter {
     fn send(&self, line: Vec<u8>) {
         use std::sync::atomic::Ordering;
-        self.sent.fetch_add(1, Ordering::AcqRel);
-        if let Err(e) = self.tx.send(line) {
-            // The writer thread is gone: write here rather than lose the line.
-            use std::io::Write;
-            let _ = std::io::stdout().lock().write_all(&e.0);
-            self.written.fetch_add(1, Ordering::AcqRel);
+        match self.tx.try_send(line) {
+            Ok(()) => {
+                self.sent.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                if DROPPED.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                    // Said once per 10,000 drops, not per request.
+                    tracing::warn!(
+                        dropped = DROPPED.load(Ordering::Relaxed),
+                        "audit log queue is full: audit lines are being dropped (see portcullis_audit_lines_dropped_total)"
+                    );
+                }
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(line)) => {
+                // The writer thread is gone: write here rather than lose the line.
+                use std::io::Write;
+                self.sent.fetch_add(1, Ordering::AcqRel);
+                let _ = std::io::stdout().lock().write_all(&line);
+                self.written.fetch_add(1, Ordering::AcqRel);
+            }
         }
     }
 }

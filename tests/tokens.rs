@@ -456,6 +456,10 @@ impl Fx {
   endpoint: {ENDPOINT}
   client_id_prefix: "{PREFIX}"
   leeway: {LEEWAY}
+  # These tests send many refusals from one address on purpose; throttling has its own
+  # tests (tests/hardening.rs).
+  failure_limit: 1000000
+  max_concurrent_verifications: 64
   revoke_on_disable: {revoke_on_disable}
   external_issuers:
     - issuer: "{IDP}"

@@ -81,6 +81,12 @@ pub struct TokensRaw {
     pub leeway: Option<u64>,
     #[serde(default)]
     pub revoke_on_disable: Option<bool>,
+    /// Secret verifications (argon2) running at once; default 2 x CPU cores.
+    #[serde(default)]
+    pub max_concurrent_verifications: Option<usize>,
+    /// Failed client authentications per client id and per address per minute; default 10.
+    #[serde(default)]
+    pub failure_limit: Option<u32>,
     #[serde(default)]
     pub external_issuers: Vec<ExternalIssuerRaw>,
 }
@@ -97,6 +103,9 @@ pub struct ExternalIssuerRaw {
     pub jwks_url: Option<String>,
     #[serde(default)]
     pub permissions_claim: Option<String>,
+    /// Where this issuer's tokens may come from (at most 6); default any address.
+    #[serde(default)]
+    pub allowed_ips: Option<Vec<String>>,
 }
 
 /// One entry of `routes`.
@@ -116,6 +125,9 @@ pub struct RouteRaw {
     /// Overrides the global `mode` for this route.
     #[serde(default)]
     pub mode: Option<String>,
+    /// The only kind of route an `Upgrade` (WebSocket) is forwarded on.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 /// The credentials file (SPEC §4).

@@ -73,6 +73,10 @@ pub struct TokenSettings {
     pub client_id_prefix: String,
     pub leeway: u64,
     pub revoke_on_disable: bool,
+    /// Secret verifications allowed at once (SPEC §6 abuse bounds).
+    pub max_concurrent_verifications: usize,
+    /// Failed client authentications per client id and per address per minute.
+    pub failure_limit: u32,
     /// Our signing key, loaded at config load; `None` = no token endpoint.
     pub signer: Option<Arc<crate::token::keys::SigningKey>>,
     pub external: Vec<crate::token::ExternalIssuer>,
@@ -176,6 +180,8 @@ pub struct Route {
     pub key_param: String,
     /// `None` = the global mode.
     pub mode: Option<Mode>,
+    /// An `Upgrade` is forwarded on this route (after every check).
+    pub websocket: bool,
 }
 
 /// A matched route with its target ids, percent-decoded.

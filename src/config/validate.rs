@@ -256,8 +256,21 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
         client_id_prefix,
         leeway,
         revoke_on_disable,
+        max_concurrent_verifications,
+        failure_limit,
         external_issuers,
     } = raw;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max_concurrent_verifications = max_concurrent_verifications.unwrap_or(2 * cores);
+    if max_concurrent_verifications == 0 || max_concurrent_verifications > 1024 {
+        let line = sink.loc.contains_after(None, "max_concurrent_verifications:");
+        sink.err(line, "tokens.max_concurrent_verifications must be between 1 and 1024");
+    }
+    let failure_limit = failure_limit.unwrap_or(10);
+    if failure_limit == 0 {
+        let line = sink.loc.contains_after(None, "failure_limit:");
+        sink.err(line, "tokens.failure_limit must be at least 1");
+    }
     let endpoint = endpoint.clone().unwrap_or_else(|| "/oauth/token".into());
     if !endpoint.starts_with('/') || endpoint.contains('?') || endpoint.starts_with("/.well-known/") {
         let line = sink.loc.pair("endpoint", &endpoint, 0);
@@ -298,7 +311,8 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
     });
     let mut external = Vec::new();
     for ext in external_issuers {
-        let ExternalIssuerRaw { issuer: ext_iss, audience: ext_aud, jwks_file, jwks_url, permissions_claim } = ext;
+        let ExternalIssuerRaw { issuer: ext_iss, audience: ext_aud, jwks_file, jwks_url, permissions_claim, allowed_ips } =
+            ext;
         let line = sink.loc.pair("issuer", ext_iss, 0);
         if *ext_iss == issuer {
             sink.err(line, format!("external issuer {ext_iss:?} is the same as tokens.issuer"));
@@ -329,18 +343,46 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
                 Err(e) => sink.errors.push(ConfigError::new(&path, None, format!("JWKS: {e}"))),
             }
         }
-        let remote = match jwks_url {
-            Some(u) if u.starts_with("https://") || u.starts_with("http://") => Some(crate::token::remote::register(u)),
-            Some(u) => {
-                sink.err(line, format!("jwks_url {u:?} must be an http(s) URL"));
-                None
+        let ext_ips = match allowed_ips {
+            None => None,
+            Some(list) => {
+                if list.len() > MAX_ALLOWED_IPS {
+                    let l = sink.loc.contains_after(line, "allowed_ips");
+                    sink.err(l, format!("external issuer {ext_iss:?}: allowed_ips holds {} entries, at most {MAX_ALLOWED_IPS}", list.len()));
+                }
+                if list.is_empty() {
+                    let l = sink.loc.contains_after(line, "allowed_ips");
+                    sink.err(l, format!("external issuer {ext_iss:?}: allowed_ips is empty; omit it to allow any address, or list some"));
+                }
+                let mut nets = Vec::new();
+                for s in list {
+                    match parse_net(s) {
+                        Ok(n) => nets.push(n),
+                        Err(e) => {
+                            let l = sink.loc.contains_after(line, s);
+                            sink.err(l, format!("external issuer {ext_iss:?}: allowed_ips: {e}"));
+                        }
+                    }
+                }
+                Some(Arc::from(nets))
             }
+        };
+        let remote = match jwks_url {
+            Some(u) => match check_jwks_url(u) {
+                Ok(()) => Some(crate::token::remote::register(u)),
+                Err(e) => {
+                    let l = sink.loc.contains_after(line, "jwks_url").or(line);
+                    sink.err(l, e);
+                    None
+                }
+            },
             None => None,
         };
         external.push(crate::token::ExternalIssuer {
             issuer: ext_iss.clone(),
             audience: ext_aud.clone(),
             permissions_claim: permissions_claim.clone().unwrap_or_else(|| "scope".into()),
+            allowed_ips: ext_ips,
             file_keys,
             remote,
         });
@@ -354,8 +396,35 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
         client_id_prefix: prefix,
         leeway,
         revoke_on_disable: revoke_on_disable.unwrap_or(false),
+        max_concurrent_verifications: max_concurrent_verifications.max(1),
+        failure_limit: failure_limit.max(1),
         signer,
         external,
+    }
+}
+
+/// A `jwks_url` must be `https://`; plain `http://` only to a loopback host (SPEC §6):
+/// anyone on the path of a plain fetch could swap in signing keys.
+pub fn check_jwks_url(u: &str) -> Result<(), String> {
+    if u.starts_with("https://") && u.len() > "https://".len() {
+        return Ok(());
+    }
+    let Some(rest) = u.strip_prefix("http://") else {
+        return Err(format!("jwks_url {u:?} must be an https:// URL"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(h) = host.strip_prefix('[') {
+        h.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!("jwks_url {u:?} must be https:// (plain http:// is accepted only to a loopback host)"))
     }
 }
 
@@ -390,6 +459,7 @@ pub fn routes(raw: &[RouteRaw], sink: &mut Sink<'_>) -> RouteTable {
             vault_param,
             key_param,
             mode,
+            websocket,
         } = r;
         let n = *seen.entry(match_.clone()).and_modify(|c| *c += 1).or_insert(0usize);
         let line = sink.loc.pair("match", match_, n);
@@ -469,6 +539,7 @@ pub fn routes(raw: &[RouteRaw], sink: &mut Sink<'_>) -> RouteTable {
             vault_param,
             key_param,
             mode,
+            websocket: *websocket,
         });
     }
     table
@@ -872,5 +943,24 @@ mod tests {
         assert!(parse_sha256(&format!("sha256:{}", "ab".repeat(31))).is_none());
         assert!(parse_sha256(&format!("sha1:{}", "ab".repeat(32))).is_none());
         assert!(parse_sha256(&format!("sha256:{}", "zz".repeat(32))).is_none());
+    }
+}
+
+#[cfg(test)]
+mod jwks_url_tests {
+    use super::check_jwks_url;
+
+    #[test]
+    fn allows_https_and_loopback_http() {
+        for u in ["https://idp.example/jwks.json", "http://127.0.0.1:8080/jwks", "http://[::1]/k", "http://localhost/k"] {
+            assert!(check_jwks_url(u).is_ok(), "{u}");
+        }
+    }
+
+    #[test]
+    fn denies_plain_http_elsewhere() {
+        for u in ["http://idp.example/jwks.json", "http://127.0.0.1.evil.example/k", "http://localhost@evil.example/", "ftp://x/", "https://"] {
+            assert!(check_jwks_url(u).is_err(), "{u}");
+        }
     }
 }

@@ -27,6 +27,8 @@ pub struct Permit {
     /// `None` for a public route.
     pub identity: Option<Identity>,
     pub client_ip: IpAddr,
+    /// The route allows an `Upgrade` (`websocket: true`); otherwise it is removed.
+    pub upgrade: bool,
     _sealed: (),
 }
 
@@ -55,11 +57,21 @@ pub struct Decision {
     pub shadow_denied: Option<Rejection>,
     /// The matched route's mode, if it sets one.
     route_mode: Option<Mode>,
+    /// The matched route has `websocket: true`.
+    route_websocket: bool,
 }
 
 impl Decision {
     fn deny(rej: Rejection, route: Option<Arc<str>>, client_ip: Option<IpAddr>, identity: Option<Identity>) -> Self {
-        Decision { result: Err(rej), route, client_ip, identity, shadow_denied: None, route_mode: None }
+        Decision {
+            result: Err(rej),
+            route,
+            client_ip,
+            identity,
+            shadow_denied: None,
+            route_mode: None,
+            route_websocket: false,
+        }
     }
 }
 
@@ -79,6 +91,7 @@ pub fn decide(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision {
                         route: d.route.clone(),
                         identity: d.identity.clone(),
                         client_ip,
+                        upgrade: d.route_websocket,
                         _sealed: (),
                     };
                     d.shadow_denied = Some(rej.clone());
@@ -108,8 +121,10 @@ fn decide_enforced(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision
     let matched = snap.routes.lookup(req.method, path);
     let route_id = matched.as_ref().map(|m| m.route.id.clone());
     let route_mode = matched.as_ref().and_then(|m| m.route.mode);
+    let route_websocket = matched.as_ref().is_some_and(|m| m.route.websocket);
     let mut d = decide_matched(snap, req, now, path, presented, client_ip, matched, route_id);
     d.route_mode = route_mode;
+    d.route_websocket = route_websocket;
     d
 }
 
@@ -127,12 +142,19 @@ fn decide_matched(
     if let Some(m) = &matched {
         if m.route.public {
             return Decision {
-                result: Ok(Permit { route: route_id.clone(), identity: None, client_ip, _sealed: () }),
+                result: Ok(Permit {
+                    route: route_id.clone(),
+                    identity: None,
+                    client_ip,
+                    upgrade: m.route.websocket,
+                    _sealed: (),
+                }),
                 route: route_id,
                 client_ip: Some(client_ip),
                 identity: None,
                 shadow_denied: None,
                 route_mode: None,
+                route_websocket: m.route.websocket,
             };
         }
     }
@@ -165,6 +187,7 @@ fn decide_matched(
             route: route_id.clone(),
             identity: Some(identity.clone()),
             client_ip,
+            upgrade: m.route.websocket,
             _sealed: (),
         }),
         route: route_id,
@@ -172,5 +195,6 @@ fn decide_matched(
         identity: Some(identity),
         shadow_denied: None,
         route_mode: None,
+        route_websocket: m.route.websocket,
     }
 }

@@ -52,6 +52,12 @@ pub fn rewrite(
     remove.push("authorization".into());
     remove.push("x-api-key".into());
     remove.push("connection".into());
+    // SPEC §5 step 8: an Upgrade only on a `websocket: true` route (after every check);
+    // elsewhere it is removed, so the upstream cannot switch protocols under us.
+    let upgrade = upgrade && permit.upgrade && req.headers.contains_key(http::header::UPGRADE);
+    if !permit.upgrade {
+        remove.push("upgrade".into());
+    }
     let mut stripped = Vec::new();
     for name in remove {
         if req.remove_header(name.as_str()).is_some() {
@@ -120,6 +126,7 @@ mod tests {
                 allowed_ips: None,
             }),
             client_ip: "198.51.100.2".parse().unwrap(),
+            upgrade: false,
             _sealed: (),
         };
         rewrite(&mut req, &permit, "rid", "127.0.0.1".parse().unwrap()).unwrap();

@@ -57,6 +57,8 @@ pub struct Reply {
     pub no_store: bool,
     /// `Allow` header for 405.
     pub allow: Option<&'static str>,
+    /// `Retry-After` seconds (429, 503).
+    pub retry_after: Option<u64>,
     /// The client a token was issued to, or the OAuth error code (for logs and metrics).
     pub outcome: Result<String, &'static str>,
 }
@@ -68,6 +70,7 @@ fn json_reply(status: u16, v: serde_json::Value, no_store: bool) -> Reply {
         www_authenticate: None,
         no_store,
         allow: None,
+        retry_after: None,
         outcome: Err(""),
     }
 }
@@ -79,11 +82,29 @@ pub struct OAuthError {
     pub description: String,
     /// The client used HTTP Basic (then a 401 carries a Basic challenge).
     pub basic: bool,
+    /// Seconds for `Retry-After` (429 `slow_down`, 503 `temporarily_unavailable`).
+    pub retry_after: Option<u64>,
 }
 
 impl OAuthError {
     fn new(code: &'static str, description: impl Into<String>) -> Self {
-        OAuthError { code, description: description.into(), basic: false }
+        OAuthError { code, description: description.into(), basic: false, retry_after: None }
+    }
+
+    /// Too many failed attempts for this client id or address (SPEC §6 abuse bounds).
+    pub fn slow_down(wait: std::time::Duration) -> Self {
+        OAuthError {
+            retry_after: Some(wait.as_secs().max(1)),
+            ..OAuthError::new("slow_down", "too many failed attempts; retry later")
+        }
+    }
+
+    /// Every verification slot is busy.
+    pub fn busy() -> Self {
+        OAuthError {
+            retry_after: Some(1),
+            ..OAuthError::new("temporarily_unavailable", "the token endpoint is busy; retry later")
+        }
     }
 
     pub fn too_large() -> Self {
@@ -99,13 +120,12 @@ impl OAuthError {
     }
 
     pub fn status(&self) -> u16 {
-        if self.code == "server_error" {
-            return 500;
-        }
-        if self.code == "invalid_client" {
-            401
-        } else {
-            400
+        match self.code {
+            "server_error" => 500,
+            "temporarily_unavailable" => 503,
+            "slow_down" => 429,
+            "invalid_client" => 401,
+            _ => 400,
         }
     }
 
@@ -119,6 +139,7 @@ impl OAuthError {
             // The token endpoint authenticates clients with Basic (or the body).
             r.www_authenticate = Some("Basic realm=\"portcullis\"".into());
         }
+        r.retry_after = self.retry_after;
         r.outcome = Err(self.code);
         r
     }
@@ -229,6 +250,7 @@ pub fn token(
             www_authenticate: None,
             no_store: true,
             allow: None,
+            retry_after: None,
             outcome: Ok(client),
         },
         Err(e) => e.reply(request_id),
@@ -307,6 +329,11 @@ fn issue(
         }
     }
     let bad_client = |d: &str| OAuthError { basic: used_basic, ..OAuthError::new("invalid_client", d) };
+    // Throttled before any verification: the same answer whether the client exists or not.
+    let guard = super::guard::guard();
+    if let Some(wait) = guard.throttled(&client_id, client_ip, ts.failure_limit) {
+        return Err(OAuthError { basic: used_basic, ..OAuthError::slow_down(wait) });
+    }
 
     let client: Option<&Credential> = client_id
         .strip_prefix(ts.client_id_prefix.as_str())
@@ -335,7 +362,10 @@ fn issue(
             .is_some_and(|prev| prev.iter().any(|(h, until)| now < *until && verify_secret(h, &secret)));
     let client = match client {
         Some(c) if secret_ok => c,
-        _ => return Err(bad_client("the client is unknown or the secret is wrong")),
+        _ => {
+            guard.failed(&client_id, client_ip);
+            return Err(bad_client("the client is unknown or the secret is wrong"));
+        }
     };
     if client.disabled {
         return Err(bad_client("the client is disabled"));
@@ -346,6 +376,7 @@ fn issue(
     if !client.allows_ip(client_ip) {
         // Same words as a wrong secret: a caller outside the allowlist learns nothing.
         tracing::info!(client = %client.id, client_ip = %client_ip, "token refused: address not in the client's allowlist");
+        guard.failed(&client_id, client_ip);
         return Err(bad_client("the client is unknown or the secret is wrong"));
     }
     let scope: Vec<String> = match get("scope") {
@@ -366,6 +397,7 @@ fn issue(
             out
         }
     };
+    guard.succeeded(&client_id);
     let scope = scope.join(" ");
     let exp = (now + ts.lifetime as i64).min(client.expires_at);
     let token = sign(ts, signer, &client_id, &scope, now, exp)

@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod claims;
 pub mod endpoint;
+pub mod guard;
 pub mod keys;
 pub mod remote;
 
@@ -28,6 +29,8 @@ pub struct ExternalIssuer {
     pub issuer: String,
     pub audience: String,
     pub permissions_claim: String,
+    /// Where this issuer's tokens may come from; `None` = any address.
+    pub allowed_ips: Option<Arc<[ipnet::IpNet]>>,
     /// Keys from `jwks_file`, read at load.
     pub file_keys: Vec<VerifyKey>,
     /// Keys from `jwks_url`, fetched in the background.
@@ -82,6 +85,13 @@ fn peek_payload(token: &str) -> Option<Map<String, Value>> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// Whether the JWS protected header holds a `crit` member (whatever its value).
+fn header_has_crit(token: &str) -> bool {
+    let Some(h) = token.split('.').next() else { return false };
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(h) else { return false };
+    serde_json::from_slice::<Map<String, Value>>(&bytes).map_or(false, |m| m.contains_key("crit"))
+}
+
 /// Full verification: header, key choice (by issuer and `kid`; the algorithm is the key's),
 /// signature, claims, then the identity.
 fn verify_uncached(
@@ -93,6 +103,10 @@ fn verify_uncached(
     let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the token is malformed"))?;
     if header.jwk.is_some() || header.jku.is_some() || header.x5u.is_some() || header.x5c.is_some() {
         return Err(invalid("the token names its own key, which is never trusted"));
+    }
+    // RFC 7515 §4.1.11: no extension is understood here, so a `crit` header is refused.
+    if header_has_crit(token) {
+        return Err(invalid("the token has a crit header, which is not supported"));
     }
     let unverified = peek_payload(token).ok_or_else(|| invalid("the token is malformed"))?;
     let iss = unverified.get("iss").and_then(Value::as_str).unwrap_or("");
@@ -158,7 +172,7 @@ fn verify_uncached(
                 kind: CredentialKind::External,
                 user: None,
                 grants: Arc::from(grants),
-                allowed_ips: None,
+                allowed_ips: e.allowed_ips.clone(),
             }
         }
         None => {

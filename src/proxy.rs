@@ -36,6 +36,8 @@ pub struct Ctx {
     endpoint: Option<(Which, std::result::Result<String, &'static str>)>,
     /// The client address, when computed outside `decide` (token endpoint).
     client_ip: Option<IpAddr>,
+    /// The client hung up before the answer was complete (audited as 499 `client_closed`).
+    client_closed: bool,
 }
 
 /// A random 128-bit request id, as 32 hex digits.
@@ -183,6 +185,7 @@ impl ProxyHttp for Portcullis {
             _in_flight: self.in_flight.enter(),
             endpoint: None,
             client_ip: None,
+            client_closed: false,
         }
     }
 
@@ -287,6 +290,7 @@ impl ProxyHttp for Portcullis {
                 Rejection::new(Reason::UpstreamUnavailable, "the upstream could not be reached")
             }
             ReadError | WriteError | ConnectionClosed if e.esource() == &ErrorSource::Downstream => {
+                ctx.client_closed = true;
                 return FailToProxy { error_code: 0, can_reuse_downstream: false };
             }
             _ if e.esource() == &ErrorSource::Downstream => {
@@ -307,8 +311,18 @@ impl ProxyHttp for Portcullis {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
+    /// A client hanging up is not a sidecar error: pingora's "Fail to proxy" ERROR line is
+    /// replaced by a debug line (the audit line says `client_closed`).
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, error: &Error) -> bool {
+        if ctx.client_closed {
+            tracing::debug!(request_id = %ctx.request_id, error = %error, "client closed the connection");
+        }
+        ctx.client_closed
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        // 499 as nginx writes it: the client closed the connection before the answer.
+        let status = if ctx.client_closed { 499 } else { session.response_written().map_or(0, |r| r.status.as_u16()) };
         let req = session.req_header();
         let raw = req.raw_path();
         let path_end = raw.iter().position(|b| *b == b'?').unwrap_or(raw.len());
@@ -317,6 +331,7 @@ impl ProxyHttp for Portcullis {
         let identity = d.and_then(|d| d.identity.as_ref());
         let shadow = d.and_then(|d| d.shadow_denied.as_ref()).map(|r| r.reason);
         let outcome = match (&ctx.endpoint, &ctx.rejection, d.map(|d| d.result.is_ok())) {
+            _ if ctx.client_closed => "client_closed",
             (Some((Which::Token, Ok(_))), _, _) => "token_issued",
             (Some((Which::Token, Err(_))), _, _) => "token_refused",
             (Some(_), _, _) => "served",

@@ -195,6 +195,13 @@ impl ProxyHttp for Portcullis {
         if let Some(which) = endpoint::which(&ctx.snap, &req.method, req.raw_path()) {
             return self.own_endpoint(session, ctx, which, peer).await;
         }
+        // RFC 9112 §3.2: one well-formed Host, required on HTTP/1.1 (SPEC §5 step 2).
+        if let Err(rej) = pipeline::sanity::check_host(&req.headers, req.version == http::Version::HTTP_11) {
+            respond(session, &rej, &ctx.request_id).await?;
+            ctx.rejection = Some(rej);
+            return Ok(true);
+        }
+        let req = session.req_header();
         let view = RequestView {
             method: &req.method,
             target: req.raw_path(),
@@ -247,6 +254,10 @@ impl ProxyHttp for Portcullis {
             Some(Ok(p)) => p,
             _ => return Error::e_explain(InternalError, "no permit for a forwarded request"),
         };
+        if upstream_request.headers.get(http::header::HOST).is_none() {
+            // An HTTP/1.0 request without Host goes out with the upstream's host:port.
+            upstream_request.insert_header("host", ctx.snap.settings.upstream.to_string())?;
+        }
         let stripped = pipeline::rewrite::rewrite(upstream_request, permit, &ctx.request_id, peer_ip(session))?;
         if !stripped.is_empty() {
             tracing::debug!(request_id = %ctx.request_id, headers = ?stripped, "removed caller-sent headers");

@@ -225,3 +225,19 @@ fn jwks_url_over_plain_http_is_refused_except_loopback() {
     assert!(text.contains("must be https://"), "{text}");
     assert!(text.contains("portcullis.yaml:"), "the error names the file and line: {text}");
 }
+
+#[test]
+fn host_must_be_one_well_formed_value() {
+    let up = Upstream::start();
+    let p = token_proxy(up.addr, &new_key(), "", ROUTES);
+    let r = p.send(b"GET /public/x HTTP/1.1\r\nHost: evil.example/v1/x\r\n\r\n");
+    assert_error(&r, 400, Some("invalid_request"));
+    let r = p.send(b"GET /public/x HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert_error(&r, 400, Some("invalid_request"));
+    let r = p.send(b"GET /public/x HTTP/1.1\r\nHost: api.example:8080\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    // HTTP/1.0 without Host is forwarded with the upstream's host:port.
+    let r = p.send(b"GET /public/x HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(Echo::from(&r).one("host"), up.addr.to_string());
+}

@@ -76,6 +76,48 @@ pub fn check_target(target: &[u8]) -> Result<&str, Rejection> {
     std::str::from_utf8(path).map_err(|_| bad("the path is not valid"))
 }
 
+/// Checks `Host` (RFC 9112 §3.2): exactly one on HTTP/1.1, at most one otherwise, and
+/// only `host[:port]` (a name, an IPv4 address or a bracketed IPv6 address).
+pub fn check_host(headers: &HeaderMap, required: bool) -> Result<(), Rejection> {
+    let mut values = headers.get_all(http::header::HOST).iter();
+    let (first, second) = (values.next(), values.next());
+    if second.is_some() {
+        return Err(bad("more than one Host header"));
+    }
+    let Some(v) = first else {
+        return if required { Err(bad("the Host header is required")) } else { Ok(()) };
+    };
+    if valid_host(v.as_bytes()) {
+        Ok(())
+    } else {
+        Err(bad("the Host header must be host[:port]"))
+    }
+}
+
+fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if v.first() == Some(&b'[') {
+        let Some(end) = v.iter().position(|b| *b == b']') else { return false };
+        let inner = &v[1..end];
+        if inner.is_empty() || !inner.iter().all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.') {
+            return false;
+        }
+        (&v[..=end], &v[end + 1..])
+    } else {
+        let end = v.iter().position(|b| *b == b':').unwrap_or(v.len());
+        let host = &v[..end];
+        if host.is_empty() || !host.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')) {
+            return false;
+        }
+        (host, &v[end..])
+    };
+    let _ = host;
+    match port {
+        [] => true,
+        [b':', digits @ ..] => !digits.is_empty() && digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
 /// Headers that ask a server to treat a request as another method.
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] =
     ["x-http-method-override", "x-http-method", "x-method-override"];
@@ -170,6 +212,23 @@ mod tests {
             h.append(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn allows_well_formed_hosts() {
+        for h in ["api", "api.example:8080", "127.0.0.1", "[::1]:443", "a-b.c_d"] {
+            assert!(check_host(&hm(&[("host", h)]), true).is_ok(), "{h}");
+        }
+        assert!(check_host(&hm(&[]), false).is_ok(), "HTTP/1.0 without Host");
+    }
+
+    #[test]
+    fn denies_bad_hosts() {
+        for h in ["evil.example/v1/x", "a b", "", "x:", "x:123456", "x:8o", "user@x", "[::1", "[zz]"] {
+            assert!(check_host(&hm(&[("host", h)]), true).is_err(), "{h}");
+        }
+        assert!(check_host(&hm(&[]), true).is_err(), "HTTP/1.1 without Host");
+        assert!(check_host(&hm(&[("host", "a"), ("host", "b")]), false).is_err());
     }
 
     #[test]

@@ -343,30 +343,8 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
                 Err(e) => sink.errors.push(ConfigError::new(&path, None, format!("JWKS: {e}"))),
             }
         }
-        let ext_ips = match allowed_ips {
-            None => None,
-            Some(list) => {
-                if list.len() > MAX_ALLOWED_IPS {
-                    let l = sink.loc.contains_after(line, "allowed_ips");
-                    sink.err(l, format!("external issuer {ext_iss:?}: allowed_ips holds {} entries, at most {MAX_ALLOWED_IPS}", list.len()));
-                }
-                if list.is_empty() {
-                    let l = sink.loc.contains_after(line, "allowed_ips");
-                    sink.err(l, format!("external issuer {ext_iss:?}: allowed_ips is empty; omit it to allow any address, or list some"));
-                }
-                let mut nets = Vec::new();
-                for s in list {
-                    match parse_net(s) {
-                        Ok(n) => nets.push(n),
-                        Err(e) => {
-                            let l = sink.loc.contains_after(line, s);
-                            sink.err(l, format!("external issuer {ext_iss:?}: allowed_ips: {e}"));
-                        }
-                    }
-                }
-                Some(Arc::from(nets))
-            }
-        };
+        let who = format!("external issuer {ext_iss:?}");
+        let ext_ips = allowed_ips.as_ref().map(|list| Arc::from(allowed_ip_list(list, &who, line, sink)));
         let remote = match jwks_url {
             Some(u) => match check_jwks_url(u) {
                 Ok(()) => Some(crate::token::remote::register(u)),
@@ -588,6 +566,30 @@ fn dedup(mut v: Vec<Permission>) -> Arc<[Permission]> {
     Arc::from(v)
 }
 
+/// Parses an `allowed_ips` list (a credential's or an external issuer's): at most
+/// [`MAX_ALLOWED_IPS`] entries, each an address or a CIDR, and not empty once parsed.
+fn allowed_ip_list(list: &[String], who: &str, line: Option<usize>, sink: &mut Sink<'_>) -> Vec<IpNet> {
+    if list.len() > MAX_ALLOWED_IPS {
+        let l = sink.loc.contains_after(line, "allowed_ips");
+        sink.err(l, format!("{who}: allowed_ips holds {} entries, at most {MAX_ALLOWED_IPS}", list.len()));
+    }
+    let mut nets = Vec::new();
+    for s in list {
+        match parse_net(s) {
+            Ok(n) => nets.push(n),
+            Err(e) => {
+                let l = sink.loc.contains_after(line, s);
+                sink.err(l, format!("{who}: allowed_ips: {e}"));
+            }
+        }
+    }
+    if nets.is_empty() {
+        let l = sink.loc.contains_after(line, "allowed_ips");
+        sink.err(l, format!("{who}: allowed_ips is empty; omit it to allow any address, or list some"));
+    }
+    nets
+}
+
 /// Fields common to clients and API keys.
 struct Common<'r> {
     name: &'r str,
@@ -621,26 +623,7 @@ fn common(
     }
     let mut grants = role_grants(c.roles, custom, line, &who, sink);
     grants.extend(permissions(c.permissions, line, &who, sink));
-    let allowed_ips = match c.allowed_ips {
-        None => None,
-        Some(list) => {
-            if list.len() > MAX_ALLOWED_IPS {
-                let l = sink.loc.contains_after(line, "allowed_ips");
-                sink.err(l, format!("{who}: allowed_ips holds {} entries, at most {MAX_ALLOWED_IPS}", list.len()));
-            }
-            let mut nets = Vec::new();
-            for s in list {
-                match parse_net(s) {
-                    Ok(n) => nets.push(n),
-                    Err(e) => {
-                        let l = sink.loc.contains_after(line, s);
-                        sink.err(l, format!("{who}: allowed_ips: {e}"));
-                    }
-                }
-            }
-            Some(nets)
-        }
-    };
+    let allowed_ips = c.allowed_ips.as_ref().map(|list| allowed_ip_list(list, &who, line, sink));
     let allow_all = match &allowed_ips {
         None => true,
         Some(n) => n.iter().any(|n| n.prefix_len() == 0),
@@ -652,10 +635,6 @@ fn common(
         } else {
             warnings.push(format!("{who} allows every IP address"));
         }
-    }
-    if matches!(&allowed_ips, Some(n) if n.is_empty()) {
-        let l = sink.loc.contains_after(line, "allowed_ips");
-        sink.err(l, format!("{who}: allowed_ips is empty; omit it to allow any address, or list some"));
     }
     let expires_at = match parse_expires(c.expires) {
         Ok(t) => {

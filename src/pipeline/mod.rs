@@ -57,7 +57,7 @@ pub struct Decision {
     pub shadow_denied: Option<Rejection>,
     /// The matched route's mode, if it sets one.
     route_mode: Option<Mode>,
-    /// The matched route has `websocket: true`.
+    /// The matched route has `websocket: true` (set by `decide_enforced`, like `route_mode`).
     route_websocket: bool,
 }
 
@@ -154,7 +154,7 @@ fn decide_matched(
                 identity: None,
                 shadow_denied: None,
                 route_mode: None,
-                route_websocket: m.route.websocket,
+                route_websocket: false,
             };
         }
     }
@@ -195,6 +195,6 @@ fn decide_matched(
         identity: Some(identity),
         shadow_denied: None,
         route_mode: None,
-        route_websocket: m.route.websocket,
+        route_websocket: false,
     }
 }

@@ -95,22 +95,22 @@ pub fn check_host(headers: &HeaderMap, required: bool) -> Result<(), Rejection> 
 }
 
 fn valid_host(v: &[u8]) -> bool {
-    let (host, port) = if v.first() == Some(&b'[') {
+    // What follows the host: nothing, or `:port`.
+    let port = if v.first() == Some(&b'[') {
         let Some(end) = v.iter().position(|b| *b == b']') else { return false };
         let inner = &v[1..end];
         if inner.is_empty() || !inner.iter().all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.') {
             return false;
         }
-        (&v[..=end], &v[end + 1..])
+        &v[end + 1..]
     } else {
         let end = v.iter().position(|b| *b == b':').unwrap_or(v.len());
         let host = &v[..end];
         if host.is_empty() || !host.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')) {
             return false;
         }
-        (host, &v[end..])
+        &v[end..]
     };
-    let _ = host;
     match port {
         [] => true,
         [b':', digits @ ..] => !digits.is_empty() && digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),

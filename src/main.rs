@@ -101,13 +101,14 @@ fn keygen(out: &std::path::Path, alg: &str, force: bool) -> Result<String, Strin
 
 fn serve(path: PathBuf) -> ExitCode {
     portcullis::telemetry::init_logging();
-    let snap = match config::load(&path, config::unix_now()) {
+    let mut snap = match config::load(&path, config::unix_now()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("portcullis: cannot start: the config is not valid\n{e}");
             return ExitCode::from(2);
         }
     };
+    portcullis::token::remote::attach(&mut snap, portcullis::token::remote::FIRST_FETCH_WAIT);
     for w in &snap.warnings {
         tracing::warn!(warning = %w, "config warning");
     }
@@ -148,6 +149,13 @@ fn serve(path: PathBuf) -> ExitCode {
         Portcullis { config: shared.clone(), metrics: metrics.clone(), in_flight: in_flight.clone() },
         "portcullis proxy",
     );
+    // CONNECT reaches our own filters, which refuse it with SPEC §5's JSON 405 and an audit
+    // line (pingora's own refusal is a bare 405); no tunnel is ever opened.
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut opts = app.server_options.take().unwrap_or_default();
+        opts.allow_connect_method_proxying = true;
+        app.server_options = Some(opts);
+    }
     if tls_at_start {
         // The certificate comes from the current snapshot at each handshake, so hot reload
         // renews it; whether the listener speaks TLS at all is fixed at start.

@@ -83,10 +83,13 @@ pub enum Outcome {
     Error,
     /// Would have been denied, but forwarded because enforcement is off (shadow mode).
     ShadowDenied,
+    /// The client hung up before the answer (status 499): not a sidecar error.
+    ClientClosed,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [Outcome::Allowed, Outcome::Denied, Outcome::Error, Outcome::ShadowDenied];
+    pub const ALL: [Outcome; 5] =
+        [Outcome::Allowed, Outcome::Denied, Outcome::Error, Outcome::ShadowDenied, Outcome::ClientClosed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -94,6 +97,7 @@ impl Outcome {
             Outcome::Denied => "denied",
             Outcome::Error => "error",
             Outcome::ShadowDenied => "shadow_denied",
+            Outcome::ClientClosed => "client_closed",
         }
     }
 
@@ -283,7 +287,7 @@ impl Metrics {
         let requests = counter_vec(
             &r,
             "portcullis_requests_total",
-            "Requests by route template, credential, outcome (allowed, denied, error, shadow_denied) \
+            "Requests by route template, credential, outcome (allowed, denied, error, shadow_denied, client_closed) \
              and status class. route and credential are \"\" when none matched.",
             &["route", "credential", "outcome", "status_class"],
         );

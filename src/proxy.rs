@@ -38,6 +38,8 @@ pub struct Ctx {
     client_ip: Option<IpAddr>,
     /// The client hung up before the answer was complete (audited as 499 `client_closed`).
     client_closed: bool,
+    /// pingora refused the request as malformed (answered 400 by `fail_to_proxy`).
+    client_fault: bool,
 }
 
 /// A random 128-bit request id, as 32 hex digits.
@@ -53,14 +55,19 @@ fn peer_ip(session: &Session) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
-/// Whether the HTTP/1 request line's target holds a `#`. pingora's parser drops a fragment
-/// before the target reaches us; SPEC §5 wants such a target refused, not rewritten.
-fn request_line_has_fragment(session: &Session) -> bool {
-    session.as_downstream().as_http1().is_some_and(|h1| {
-        let raw = h1.get_headers_raw_bytes();
-        let end = raw.iter().position(|b| *b == b'\n').unwrap_or(raw.len());
-        raw[..end].contains(&b'#')
-    })
+/// The request-target exactly as the HTTP/1 request line carried it: the bytes between
+/// the first and the last space. pingora's parser drops a `#fragment` and re-encodes raw
+/// spaces and control bytes before the target reaches us; SPEC §5 step 2 wants both
+/// refused, not rewritten, so sanity sees these bytes. `None` on HTTP/2 (no request line).
+fn request_line_target(session: &Session) -> Option<bytes::Bytes> {
+    let raw = session.as_downstream().as_http1()?.get_headers_raw_bytes();
+    let mut end = raw.iter().position(|b| *b == b'\n').unwrap_or(raw.len());
+    if end > 0 && raw[end - 1] == b'\r' {
+        end -= 1;
+    }
+    let first = raw[..end].iter().position(|b| *b == b' ')?;
+    let last = raw[..end].iter().rposition(|b| *b == b' ')?;
+    (last > first).then(|| raw.slice(first + 1..last))
 }
 
 /// Writes a rejection as the whole response.
@@ -72,7 +79,8 @@ async fn respond(session: &mut Session, rej: &Rejection, request_id: &str) -> Re
     let has_body = req.headers.contains_key(http::header::CONTENT_LENGTH)
         && req.headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v != "0")
         || req.headers.contains_key(http::header::TRANSFER_ENCODING);
-    if has_body || rej.reason == Reason::InvalidRequest {
+    // A CONNECT's framing is not a request's: never read on after one.
+    if has_body || matches!(rej.reason, Reason::InvalidRequest | Reason::MethodNotAllowed) {
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp), false).await?;
@@ -186,6 +194,7 @@ impl ProxyHttp for Portcullis {
             endpoint: None,
             client_ip: None,
             client_closed: false,
+            client_fault: false,
         }
     }
 
@@ -201,13 +210,13 @@ impl ProxyHttp for Portcullis {
             ctx.rejection = Some(rej);
             return Ok(true);
         }
+        let line_target = request_line_target(session);
         let req = session.req_header();
         let view = RequestView {
             method: &req.method,
-            target: req.raw_path(),
+            target: line_target.as_deref().unwrap_or_else(|| req.raw_path()),
             headers: &req.headers,
             peer,
-            had_fragment: request_line_has_fragment(session),
         };
         let started = Instant::now();
         let decision = pipeline::decide(&ctx.snap, &view, unix_now());
@@ -305,6 +314,8 @@ impl ProxyHttp for Portcullis {
                 return FailToProxy { error_code: 0, can_reuse_downstream: false };
             }
             _ if e.esource() == &ErrorSource::Downstream => {
+                // The client's fault, answered and audited: not an ERROR of ours either.
+                ctx.client_fault = true;
                 Rejection::new(Reason::InvalidRequest, "the request could not be read")
             }
             _ => {
@@ -322,13 +333,16 @@ impl ProxyHttp for Portcullis {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
-    /// A client hanging up is not a sidecar error: pingora's "Fail to proxy" ERROR line is
-    /// replaced by a debug line (the audit line says `client_closed`).
+    /// A client hanging up, or sending what pingora refuses as malformed, is not a sidecar
+    /// error: pingora's "Fail to proxy" ERROR line is replaced by a debug line (the audit
+    /// line says `client_closed`, or `denied` with `invalid_request`).
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, error: &Error) -> bool {
         if ctx.client_closed {
             tracing::debug!(request_id = %ctx.request_id, error = %error, "client closed the connection");
+        } else if ctx.client_fault {
+            tracing::debug!(request_id = %ctx.request_id, error = %error, "malformed request refused");
         }
-        ctx.client_closed
+        ctx.client_closed || ctx.client_fault
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

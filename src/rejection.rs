@@ -7,6 +7,8 @@ use pingora::http::ResponseHeader;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     InvalidRequest,
+    /// `CONNECT`: a tunnel is never opened (SPEC §5 step 2).
+    MethodNotAllowed,
     MissingCredential,
     InvalidToken,
     InvalidApiKey,
@@ -18,8 +20,9 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::InvalidRequest,
+        Reason::MethodNotAllowed,
         Reason::MissingCredential,
         Reason::InvalidToken,
         Reason::InvalidApiKey,
@@ -34,6 +37,7 @@ impl Reason {
     pub fn code(self) -> &'static str {
         match self {
             Reason::InvalidRequest => "invalid_request",
+            Reason::MethodNotAllowed => "method_not_allowed",
             Reason::MissingCredential => "missing_credential",
             Reason::InvalidToken => "invalid_token",
             Reason::InvalidApiKey => "invalid_api_key",
@@ -48,6 +52,7 @@ impl Reason {
     pub fn status(self) -> u16 {
         match self {
             Reason::InvalidRequest => 400,
+            Reason::MethodNotAllowed => 405,
             Reason::MissingCredential | Reason::InvalidToken | Reason::InvalidApiKey => 401,
             Reason::IpNotAllowed | Reason::RouteNotAllowed | Reason::InsufficientScope => 403,
             Reason::UpstreamUnavailable => 502,

@@ -149,6 +149,10 @@ pub fn reload_now(config_path: &Path, shared: &Shared, trigger: Trigger, now: i6
         }
         return ReloadResult::Unchanged;
     }
+    // Side effects only for a load that will serve: fetchers for its `jwks_url`s (a
+    // kept issuer reuses its running fetcher; one that left the config stops with the
+    // old snapshot).
+    crate::token::remote::attach(&mut new, crate::token::remote::FIRST_FETCH_WAIT);
     let needs_restart = keep_startup_settings(&old.settings, &mut new.settings);
     let diff = diff(&old, &new);
     for w in &new.warnings {

@@ -97,17 +97,18 @@ struct AuditLine<'a> {
 /// blocks on the log.
 const AUDIT_QUEUE: usize = 65_536;
 
-static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static WRITER: std::sync::OnceLock<AuditWriter> = std::sync::OnceLock::new();
 
 /// Audit lines dropped so far (`portcullis_audit_lines_dropped_total`).
 pub fn audit_lines_dropped() -> u64 {
-    DROPPED.load(std::sync::atomic::Ordering::Relaxed)
+    WRITER.get().map_or(0, |w| w.dropped.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 struct AuditWriter {
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
     sent: std::sync::atomic::AtomicU64,
     written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 impl AuditWriter {
@@ -118,10 +119,11 @@ impl AuditWriter {
                 self.sent.fetch_add(1, Ordering::AcqRel);
             }
             Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                if DROPPED.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                let before = self.dropped.fetch_add(1, Ordering::Relaxed);
+                if before % 10_000 == 0 {
                     // Said once per 10,000 drops, not per request.
                     tracing::warn!(
-                        dropped = DROPPED.load(Ordering::Relaxed),
+                        dropped = before + 1,
                         "audit log queue is full: audit lines are being dropped (see portcullis_audit_lines_dropped_total)"
                     );
                 }
@@ -138,8 +140,7 @@ impl AuditWriter {
 }
 
 fn writer() -> &'static AuditWriter {
-    static W: std::sync::OnceLock<AuditWriter> = std::sync::OnceLock::new();
-    W.get_or_init(|| {
+    WRITER.get_or_init(|| {
         use std::io::Write;
         use std::sync::atomic::Ordering;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(AUDIT_QUEUE);
@@ -188,7 +189,7 @@ fn writer() -> &'static AuditWriter {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the audit writer; audit lines are written inline");
         }
-        AuditWriter { tx, sent: std::sync::atomic::AtomicU64::new(0), written }
+        AuditWriter { tx, sent: Default::default(), written, dropped: Default::default() }
     })
 }
 
@@ -199,5 +200,25 @@ pub fn flush_audit(timeout: Duration) {
     let deadline = std::time::Instant::now() + timeout;
     while w.written.load(Ordering::Acquire) < w.sent.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// A stuck log (nobody reads the queue) costs a request nothing: once the queue is
+    /// full, lines are dropped and counted, and `send` returns at once.
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let w = AuditWriter { tx, sent: Default::default(), written: Default::default(), dropped: Default::default() };
+        for i in 0..5 {
+            w.send(format!("{i}\n").into_bytes());
+        }
+        assert_eq!(w.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(w.sent.load(Ordering::Relaxed), 2);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![b"0\n".to_vec(), b"1\n".to_vec()]);
     }
 }

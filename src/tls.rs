@@ -84,28 +84,24 @@ fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>, String> {
     Ok(out)
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))
-}
-
-/// Certificates from a PEM file, each checked to parse.
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = pem_blocks(&read(path)?, "CERTIFICATE")?;
+/// Certificates from PEM text, each checked to parse.
+fn load_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = pem_blocks(pem, "CERTIFICATE")?;
     if certs.is_empty() {
         return Err("no CERTIFICATE block found".into());
     }
     Ok(certs.into_iter().map(CertificateDer::from).collect())
 }
 
-/// Loads the listener's certificate chain and private key (PKCS#8, SEC1 or PKCS#1 PEM).
-/// Errors name which of the two files is at fault.
-pub fn load_listener(cert: &Path, key: &Path) -> Result<ListenerTls, (PathBuf, String)> {
+/// Builds the listener's certificate chain and private key (PKCS#8, SEC1 or PKCS#1 PEM)
+/// from the two files' text (read once by the config loader). Errors name which of the
+/// two files is at fault.
+pub fn load_listener(cert: &Path, cert_pem: &str, key: &Path, key_pem: &str) -> Result<ListenerTls, (PathBuf, String)> {
     pingora::tls::install_default_crypto_provider();
-    let chain = load_certs(cert).map_err(|e| (cert.to_path_buf(), e))?;
-    let key_text = read(key).map_err(|e| (key.to_path_buf(), e))?;
+    let chain = load_certs(cert_pem).map_err(|e| (cert.to_path_buf(), e))?;
     let der = ["PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"]
         .iter()
-        .find_map(|l| pem_blocks(&key_text, l).ok().and_then(|mut v| v.pop()))
+        .find_map(|l| pem_blocks(key_pem, l).ok().and_then(|mut v| v.pop()))
         .ok_or_else(|| (key.to_path_buf(), "no private key block found".to_string()))?;
     let key_der = PrivateKeyDer::try_from(der).map_err(|e| (key.to_path_buf(), format!("bad private key: {e}")))?;
     let provider = pingora::tls::CryptoProvider::get_default()
@@ -119,9 +115,9 @@ pub fn load_listener(cert: &Path, key: &Path) -> Result<ListenerTls, (PathBuf, S
     })
 }
 
-/// Loads CA certificates to trust for the upstream.
-pub fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
-    let certs = load_certs(path)?;
+/// CA certificates to trust for the upstream, from PEM text.
+pub fn load_ca(pem: &str) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+    let certs = load_certs(pem)?;
     let mut store = RootCertStore::empty();
     let mut wrapped = Vec::new();
     for c in certs {

@@ -267,11 +267,11 @@ fn token_request(proxy: &Proxy, client_id: &str, secret: &str) -> Response {
 fn alert_rule_references() -> (BTreeSet<String>, BTreeSet<(String, String)>) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/prometheus/alerts.yaml");
     let text = std::fs::read_to_string(path).expect("read alerts.yaml");
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("alerts.yaml is YAML");
+    let doc: serde_json::Value = serde_saphyr::from_str(&text).expect("alerts.yaml is YAML");
     let mut names = BTreeSet::new();
     let mut matchers = BTreeSet::new();
-    let groups = doc["groups"].as_sequence().expect("groups");
-    for rule in groups.iter().flat_map(|g| g["rules"].as_sequence().expect("rules")) {
+    let groups = doc["groups"].as_array().expect("groups");
+    for rule in groups.iter().flat_map(|g| g["rules"].as_array().expect("rules")) {
         let expr = rule["expr"].as_str().expect("expr");
         let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
         for word in expr.split(|c: char| !ident(c)) {
@@ -608,7 +608,7 @@ fn exposes_every_family_with_labels_from_config_only() {
             ]
             .contains(&value),
             "reason" => codes.contains(&value) || portcullis::metrics::TOKEN_REFUSAL_REASONS.contains(&value),
-            "outcome" => ["allowed", "denied", "error", "shadow_denied"].contains(&value),
+            "outcome" => ["allowed", "denied", "error", "shadow_denied", "client_closed"].contains(&value),
             "status_class" => ["1xx", "2xx", "3xx", "4xx", "5xx", "none"].contains(&value),
             "kind" => ["client", "api_key", "external", "none", "unavailable", "timeout"].contains(&value),
             "state" => ["active", "disabled", "expired", "user_missing"].contains(&value),

@@ -1043,3 +1043,20 @@ fn a_key_created_with_the_cli_works_on_the_running_sidecar_within_a_second() {
     assert_eq!(status(&p, &key), 401, "the old key is gone with its entry");
     assert!(!p.stdout().contains(&key) && !p.stdout().contains(&new_key), "secrets never reach the log");
 }
+
+/// One YAML parser everywhere: a file the sidecar loads (`disabled: yes`, a YAML 1.1
+/// boolean) is read the same way by `credentials`, which sees the key as disabled.
+#[test]
+fn the_cli_reads_a_file_as_the_loader_does() {
+    let _g = shared();
+    let fx = Fx::with("environment: sandbox\n", &credentials_yaml().replace("    disabled: false  # flipped by the tests", "    disabled: yes"));
+    let snap = fx.load(now());
+    let e = portcullis::pipeline::authn::api_key(&snap, READER_KEY, now()).expect_err("the loader reads yes as true");
+    assert!(e.description.contains("disabled"), "{e:?}");
+    let out = fx.cli(&["show", "vault-reader", "-o", "json"]).ok("show");
+    assert_eq!(out.json()["disabled"], true, "{}", out.stdout);
+    let out = fx.cli(&["disable", "vault-reader"]).ok("disable");
+    assert!(out.stdout.contains("already disabled"), "{}", out.stdout);
+    fx.cli(&["enable", "vault-reader"]).ok("enable");
+    portcullis::pipeline::authn::api_key(&fx.load(now()), READER_KEY, now()).expect("enabled");
+}

@@ -40,10 +40,8 @@ fn every_yaml_file_parses() {
     assert!(!files.is_empty());
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v: Result<serde_yaml::Value, _> = serde::Deserialize::deserialize(doc);
-            assert!(v.is_ok(), "{}: {:?}", f.display(), v.err());
-        }
+        let docs: Result<Vec<serde_json::Value>, _> = serde_saphyr::from_str_multiple(&text);
+        assert!(docs.is_ok(), "{}: {:?}", f.display(), docs.err());
     }
 }
 
@@ -65,7 +63,7 @@ fn every_portcullis_config_passes_check() {
         let dir = f.parent().unwrap();
         copy_dir(dir, tmp.path());
         let cfg = tmp.path().join(f.file_name().unwrap());
-        let raw: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let raw: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
         if let Some(key) = raw.get("tokens").and_then(|t| t.get("signing_key")).and_then(|k| k.as_str()) {
             let key_path = tmp.path().join(key);
             if !key_path.exists() {

@@ -241,3 +241,329 @@ fn host_must_be_one_well_formed_value() {
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(Echo::from(&r).one("host"), up.addr.to_string());
 }
+
+/// A catch-all `GET /v1/{*rest}` (audit:read) beside the vault balances route
+/// (balances:read), and a monitoring key that holds only audit:read.
+fn catch_all_proxy(up: SocketAddr) -> (Proxy, String) {
+    let key = new_key();
+    let routes = "routes:\n  - match: \"GET /v1/vaults/{vault_id}/balances\"\n    require: \"balances:read\"\n  - match: \"GET /v1/{*rest}\"\n    require: \"audit:read\"\n";
+    let creds = format!(
+        "api_keys:\n  - name: monitor\n    key_hash: \"{}\"\n    permissions: [\"audit:read\"]\n    expires: 2099-01-01\n",
+        sha256_hash(&key)
+    );
+    (Proxy::start(up, routes, &creds), key)
+}
+
+#[test]
+fn percent_encoded_letters_match_the_route_the_upstream_serves() {
+    let up = Upstream::start();
+    let (p, key) = catch_all_proxy(up.addr);
+    let marker = new_marker();
+    for target in ["/v1/%76aults/v-1/balances", "/v1/vaults/v-1/%62alances", "/v1/%56aults/v-1/balances"] {
+        let r = p.send(&request("GET", target, &[("x-api-key", &key), ("x-test-marker", &marker)]));
+        if target.contains("%56") {
+            // `V` is not `v`: after decoding this is another path, which the catch-all serves,
+            // and the upstream is given the decoded path it will serve.
+            assert_eq!(Echo::from(&r).target, "/v1/Vaults/v-1/balances");
+        } else {
+            assert_error(&r, 403, Some("insufficient_scope"));
+        }
+    }
+    assert_eq!(up.with_marker(&marker).len(), 1, "only the /v1/Vaults request was forwarded");
+    // Positive pair: the catch-all still serves what it matches, with the query kept as sent.
+    let r = p.send(&request("GET", "/v1/%61udit/events?since=%76&x=1", &[("x-api-key", &key)]));
+    assert_eq!(Echo::from(&r).target, "/v1/audit/events?since=%76&x=1");
+    // An encoded dot is refused, not decoded.
+    let r = p.send(&request("GET", "/v1/%2e%2e/vaults/v-1/balances", &[("x-api-key", &key)]));
+    assert_error(&r, 400, Some("invalid_request"));
+}
+
+#[test]
+fn explain_matches_the_decoded_path() {
+    let up = Upstream::start();
+    let (p, _key) = catch_all_proxy(up.addr);
+    let out = run_bin(
+        &["explain", "--config", "portcullis.yaml", "--credential", "monitor", "GET", "/v1/%76aults/v-1/balances"],
+        p.dir.path(),
+        Duration::from_secs(20),
+    )
+    .expect("explain runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "explain must deny: {text}");
+    assert!(text.contains("/v1/vaults/v-1/balances"), "{text}");
+}
+
+/// Raw bytes in the target never reach the upstream raw. Raw non-ASCII UTF-8 or `#` is
+/// refused with the JSON 400 (bytes that are not UTF-8 get pingora's own 400). pingora percent-encodes a raw space, control byte or DEL in
+/// the request line before any of our code runs and keeps no trace of it (see
+/// docs/hardening.md), so those are matched and forwarded in that one encoded form: the
+/// sidecar and the upstream see the same path.
+#[test]
+fn raw_bytes_in_the_target_never_reach_the_upstream_raw() {
+    let up = Upstream::start();
+    let (p, key) = catch_all_proxy(up.addr);
+    let marker = new_marker();
+    let line = |bad: &[u8]| {
+        let mut raw = b"GET /v1/audit/v-1".to_vec();
+        raw.extend_from_slice(bad);
+        raw.extend_from_slice(format!("x HTTP/1.1\r\nHost: api\r\nx-api-key: {key}\r\nx-test-marker: {marker}\r\n\r\n").as_bytes());
+        p.send(&raw)
+    };
+    for bad in [&b"\xc3\xa9"[..], b"#"] {
+        let r = line(bad);
+        assert_error(&r, 400, Some("invalid_request"));
+    }
+    // Not UTF-8: pingora's own bare 400, before any phase of ours.
+    assert_eq!(line(b"\x80").status, 400);
+    assert!(up.with_marker(&marker).is_empty(), "a refused target reached the upstream");
+    for (bad, encoded) in [(&b" "[..], "%20"), (b"\t", "%09"), (b"\x01", "%01"), (b"\x7f", "%7F")] {
+        let r = line(bad);
+        if r.status != 400 {
+            assert_eq!(Echo::from(&r).target, format!("/v1/audit/v-1{encoded}x"), "{bad:?}");
+        }
+    }
+    for s in up.with_marker(&marker) {
+        assert!(s.target.bytes().all(|b| b.is_ascii_graphic()), "raw byte upstream: {:?}", s.target);
+    }
+    let r = p.send(&request("GET", "/v1/audit/v-1%20x", &[("x-api-key", &key)]));
+    assert_eq!(Echo::from(&r).target, "/v1/audit/v-1%20x");
+}
+
+#[test]
+fn connect_gets_a_json_405_and_an_audit_line() {
+    let up = Upstream::start();
+    let p = token_proxy(up.addr, &new_key(), "", ROUTES);
+    let r = p.send(b"CONNECT api.example:443 HTTP/1.1\r\nHost: api.example:443\r\n\r\n");
+    let body = assert_error(&r, 405, Some("method_not_allowed"));
+    let id = body["request_id"].as_str().unwrap().to_string();
+    assert_eq!(up.count(), 0, "nothing reaches the upstream");
+    // Positive pair: an ordinary request on the same sidecar is forwarded.
+    assert_eq!(p.send(&request("GET", "/public/x", &[])).status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = p.stdout();
+        if let Some(line) = out.lines().find(|l| l.contains(&id)) {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["method"], "CONNECT");
+            assert_eq!(v["outcome"], "denied");
+            assert_eq!(v["reason"], "method_not_allowed");
+            assert_eq!(v["status"], 405);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no audit line for {id}:\n{out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What pingora refuses before any phase of ours runs (two `Host`s, absolute-form with
+/// another host, a target that is not UTF-8, a bad header name) still gets its 400 and
+/// never reaches the upstream; what pingora hands us malformed (a protected header named
+/// in `Connection`) gets the JSON 400 and is not logged as an ERROR of the sidecar.
+#[test]
+fn malformed_requests_get_400_and_no_error_log_line() {
+    let up = Upstream::start();
+    let p = token_proxy(up.addr, &new_key(), "", ROUTES);
+    for raw in [
+        &b"GET /public/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+        b"GET http://other.example/public/x HTTP/1.1\r\nHost: api.example\r\n\r\n",
+        b"GET /public/\xff HTTP/1.1\r\nHost: api.example\r\n\r\n",
+        b"GET /public/x HTTP/1.1\r\nHo st: a\r\nHost: a\r\n\r\n",
+        b"GET /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    ] {
+        assert_eq!(p.send(raw).status, 400, "{}", String::from_utf8_lossy(raw));
+    }
+    let r = p.send(b"GET /public/x HTTP/1.1\r\nHost: api.example\r\nX-Forwarded-For: 192.0.2.1\r\nConnection: X-Forwarded-For\r\n\r\n");
+    assert_error(&r, 400, Some("invalid_request"));
+    assert_eq!(up.count(), 0);
+    // Positive pair: a well-formed request is forwarded.
+    assert_eq!(p.send(&request("GET", "/public/x", &[])).status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = p.stdout();
+    assert!(!log.contains("\"level\":\"ERROR\""), "a client's malformed request logged as an ERROR:\n{log}");
+    assert!(log.contains("\"reason\":\"invalid_request\""), "no audit line for the refusal:\n{log}");
+}
+
+/// A loopback JWKS endpoint (one Ed25519 key, RFC 8037's example) counting its requests.
+fn jwks_endpoint() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    let body = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (addr, hits)
+}
+
+fn wait_for_log(p: &Proxy, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p.stdout().contains(needle) {
+        assert!(std::time::Instant::now() < deadline, "the log never said {needle:?}:\n{}", p.stdout());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `check` validates a `jwks_url` without fetching it (no network I/O in validation);
+/// `serve` fetches it, and stops its fetcher once a reload removes the issuer.
+#[test]
+fn jwks_fetchers_start_only_in_the_server_and_stop_with_their_issuer() {
+    // Nothing ever answers here: a fetch during `check` would show as a queued connection.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    silent.set_nonblocking(true).unwrap();
+    let issuer = |addr: SocketAddr| {
+        format!("  external_issuers:\n    - issuer: \"https://idp.test.example/\"\n      audience: \"{AUDIENCE}\"\n      jwks_url: \"http://{addr}/jwks.json\"\n")
+    };
+    let main = format!(
+        "{}tokens:\n{}routes:\n{ROUTES}",
+        main_head("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), "127.0.0.1:3".parse().unwrap()),
+        issuer(silent.local_addr().unwrap())
+    );
+    let dir = write_config(&main, "api_keys: []\n");
+    let started = std::time::Instant::now();
+    let out = run_bin(&["check", "--config", "portcullis.yaml"], dir.path(), Duration::from_secs(20)).expect("check runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(2), "check waited on the network");
+    assert!(silent.accept().is_err(), "check connected to the jwks_url");
+
+    let up = Upstream::start();
+    let (jwks, hits) = jwks_endpoint();
+    let p = token_proxy(up.addr, &new_key(), &issuer(jwks), ROUTES);
+    wait_for_log(&p, "fetched JWKS");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let path = p.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace(&issuer(jwks), "")).unwrap();
+    wait_for_log(&p, "config reloaded");
+    wait_for_log(&p, "JWKS fetcher stopped");
+    assert_eq!(p.send(&request("GET", "/public/x", &[])).status, 200);
+}
+
+/// The positive side of the Upgrade rule, with a real WebSocket client and server (the
+/// Python `websockets` library): on a `websocket: true` route, after every check, the
+/// handshake and the frames pass; without a credential, or on a route without
+/// `websocket: true`, there is no tunnel.
+#[test]
+fn a_real_websocket_works_on_a_websocket_route_only() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/websocket_peer.py");
+    let mut server = Command::new("python3")
+        .args([script, "serve"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (tests/requirements.txt lists websockets)");
+    let mut port = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    let up: SocketAddr = format!("127.0.0.1:{}", port.trim()).parse().expect("the echo server's port");
+    let key = new_key();
+    let routes = "routes:\n  - match: \"GET /ws/{*rest}\"\n    require: \"transactions:read\"\n    websocket: true\n  - match: \"GET /plain/{*rest}\"\n    require: \"transactions:read\"\n";
+    let creds = format!(
+        "api_keys:\n  - name: feed-reader\n    key_hash: \"{}\"\n    permissions: [\"transactions:read\"]\n    expires: 2099-01-01\n",
+        sha256_hash(&key)
+    );
+    let p = Proxy::start(up, routes, &creds);
+    let client = |path: &str, headers: &[String]| -> Value {
+        let url = format!("ws://{}{path}", p.addr);
+        let out = Command::new("python3").arg(script).arg("client").arg(&url).args(headers).output().expect("client runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let forged = format!("x-auth-credential={}", new_marker());
+    let v = client("/ws/feed", &[format!("x-api-key={key}"), forged.clone()]);
+    assert_eq!(v["echo"], "hello through portcullis", "{v}");
+    assert_eq!(v["path"], "/ws/feed");
+    assert_eq!(v["headers"]["x-auth-credential"], "feed-reader", "{v}");
+    assert!(v["headers"].get("x-api-key").is_none(), "the key reached the upstream: {v}");
+    // No credential: refused before any upstream contact.
+    assert_eq!(client("/ws/feed", &[])["refused"], 401);
+    // A route without `websocket: true`: the Upgrade is removed, so no 101 comes back.
+    let v = client("/plain/feed", &[format!("x-api-key={key}")]);
+    assert!(v["refused"].as_u64().is_some_and(|s| s != 101), "{v}");
+    drop(server.stdin.take());
+    let _ = server.wait();
+}
+
+/// An external issuer's `allowed_ips` applies to its tokens as a credential's does
+/// (SPEC §5 step 5): accepted from a listed address, 403 `ip_not_allowed` elsewhere.
+#[test]
+fn an_external_issuers_tokens_are_accepted_only_from_its_allowed_ips() {
+    let up = Upstream::start();
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let idp = "https://idp.test.example/";
+    let main = format!(
+        "{}tokens:\n  external_issuers:\n    - issuer: \"{idp}\"\n      audience: \"{AUDIENCE}\"\n      jwks_file: idp.jwks\n      allowed_ips: [\"127.0.0.2\", \"127.0.0.3/32\"]\nroutes:\n{ROUTES}",
+        main_head(addr, admin, up.addr)
+    );
+    let dir = write_config(&main, "api_keys: []\n");
+    let out = run_bin(&["keygen", "--out", "idp.pem"], dir.path(), Duration::from_secs(30)).expect("keygen runs");
+    assert!(out.status.success());
+    // The IdP's public key, as its JWKS would publish it.
+    let pem = std::fs::read_to_string(dir.path().join("idp.pem")).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).expect("an Ed25519 key");
+    let x = URL_SAFE_NO_PAD.encode(ring::signature::KeyPair::public_key(&pair).as_ref());
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "idp-1", "x": x}]});
+    std::fs::write(dir.path().join("idp.jwks"), jwks.to_string()).unwrap();
+    let p = Proxy::spawn(dir, addr, admin);
+
+    let t = now();
+    let claims = json!({"iss": idp, "aud": AUDIENCE, "sub": "svc-ext", "iat": t, "exp": t + 300, "jti": new_marker(), "scope": "transactions:read"});
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
+    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(json!({"alg": "EdDSA", "kid": "idp-1"}).to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::EdDSA).unwrap();
+    let auth = format!("Bearer {input}.{sig}");
+    let req = request("GET", "/v1/tx", &[("Authorization", &auth)]);
+    for allowed in [ip(2), ip(3)] {
+        let r = p.send_from(allowed, &req);
+        assert_eq!(Echo::from(&r).one("x-auth-credential"), "svc-ext");
+    }
+    let r = p.send_from(ip(4), &req);
+    assert_error(&r, 403, Some("ip_not_allowed"));
+}
+
+/// A client that hangs up before the answer is audited as `client_closed` with status 499
+/// (as nginx writes it) and counted so in the metrics, not logged as a sidecar ERROR.
+#[test]
+fn a_client_hang_up_is_audited_as_client_closed() {
+    let up = Upstream::start();
+    let p = token_proxy(up.addr, &new_key(), "", ROUTES);
+    let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+    s.write_all(&request("GET", "/public/x?slow_ms=1500", &[])).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
+    // Positive pair: a request that waits for its answer is audited as allowed.
+    assert_eq!(p.send(&request("GET", "/public/y", &[])).status, 200);
+    let audit_line = |path: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = p.stdout();
+            if let Some(l) = log.lines().find(|l| l.contains(&format!("\"path\":\"{path}\""))) {
+                return serde_json::from_str::<Value>(l).unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "no audit line for {path}:\n{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let v = audit_line("/public/x");
+    assert_eq!(v["outcome"], "client_closed", "{v}");
+    assert_eq!(v["status"], 499, "{v}");
+    let v = audit_line("/public/y");
+    assert_eq!(v["outcome"], "allowed", "{v}");
+    let log = p.stdout();
+    assert!(!log.contains("\"level\":\"ERROR\""), "a hang-up logged as an ERROR:\n{log}");
+    let metrics = send_raw(p.admin_addr, &request("GET", "/metrics", &[])).body_text();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("portcullis_requests_total") && l.contains("client_closed")),
+        "no client_closed outcome in /metrics:\n{metrics}"
+    );
+}

@@ -44,14 +44,16 @@ use chrono::{DateTime, Months, NaiveDate, Utc};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use serde_json::json;
-use serde_yaml::{Mapping, Value};
+use serde_json::Value;
+
+type Mapping = serde_json::Map<String, Value>;
 use sha2::{Digest, Sha256};
 
 use crate::config::raw::{ApiKeyRaw, ClientRaw, CredentialsRaw, MainRaw, PreviousHashRaw};
 use crate::config::validate::{
     self, parse_expires, parse_net, valid_name, EXPIRY_WARNING_SECS, MAX_ALLOWED_IPS,
 };
-use crate::config::{self, ConfigError, CredentialStore, Environment, RouteTable};
+use crate::config::{self, CredentialStore, Environment, RouteTable};
 use crate::permission::{builtin_role, Permission, Scope, Target, BUILTIN_ROLES};
 
 /// `portcullis credentials`: the file to work on, and what to do.
@@ -355,8 +357,7 @@ fn parent_dir(p: &Path) -> PathBuf {
 fn main_config(path: &Path) -> Res<(PathBuf, Environment, Option<MainInfo>)> {
     let text =
         fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let raw: MainRaw =
-        serde_yaml::from_str(&text).map_err(|e| ConfigError::from_yaml(path, &e).to_string())?;
+    let raw: MainRaw = config::parse(path, &text).map_err(|e| e.to_string())?;
     let base = parent_dir(path);
     let cred = validate::credentials_path(&raw, &base);
     let env = match raw.environment.as_deref() {
@@ -412,22 +413,21 @@ fn read_current(loc: &Location, must_exist: bool) -> Res<Current> {
         Err(e) => return Err(format!("{}: cannot read: {e}", loc.label()).into()),
     };
     let body = text.as_deref().unwrap_or("");
+    // The loader's own parser, so the CLI reads a file exactly as the sidecar does.
     let value: Value = if body.trim().is_empty() {
         Value::Null
     } else {
-        serde_yaml::from_str(body)
-            .map_err(|e| ConfigError::from_yaml(&loc.shown, &e).to_string())?
+        config::parse(&loc.shown, body).map_err(|e| e.to_string())?
     };
     if value.is_null() {
         // Empty, or comments only: a file to add to.
         return Ok(Current {
             text,
             raw: CredentialsRaw::default(),
-            value: Value::Mapping(Mapping::new()),
+            value: Value::Object(Mapping::new()),
         });
     }
-    let raw: CredentialsRaw = serde_yaml::from_str(body)
-        .map_err(|e| ConfigError::from_yaml(&loc.shown, &e).to_string())?;
+    let raw: CredentialsRaw = config::parse(&loc.shown, body).map_err(|e| e.to_string())?;
     Ok(Current { text, raw, value })
 }
 
@@ -534,11 +534,11 @@ fn write_atomic(
 /// whether the comments were kept.
 fn settle(value: &Value, text: Option<String>) -> Res<(String, bool)> {
     if let Some(t) = text {
-        if serde_yaml::from_str::<Value>(&t).ok().as_ref() == Some(value) {
+        if config::parse::<Value>(Path::new(""), &t).ok().as_ref() == Some(value) {
             return Ok((t, true));
         }
     }
-    let t = serde_yaml::to_string(value).map_err(|e| format!("cannot render the file: {e}"))?;
+    let t = serde_saphyr::to_string(value).map_err(|e| format!("cannot render the file: {e}"))?;
     Ok((t, false))
 }
 
@@ -759,7 +759,7 @@ fn vstr(s: &str) -> Value {
 }
 
 fn vlist(items: &[String]) -> Value {
-    Value::Sequence(items.iter().map(|s| vstr(s)).collect())
+    Value::Array(items.iter().map(|s| vstr(s)).collect())
 }
 
 // ---------------------------------------------------------------------------------
@@ -884,9 +884,9 @@ fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Write) -> Res<
     let mut value = cur.value.clone();
     let entry: Mapping = fields
         .iter()
-        .map(|(k, _, v)| (vstr(k), v.clone()))
+        .map(|(k, _, v)| (k.to_string(), v.clone()))
         .collect();
-    section_seq(&mut value, kind.section())?.push(Value::Mapping(entry));
+    section_seq(&mut value, kind.section())?.push(Value::Object(entry));
     let pairs: Vec<(String, String)> = fields
         .iter()
         .map(|(k, t, _)| (k.to_string(), t.clone()))
@@ -972,16 +972,16 @@ fn find_kind(raw: &CredentialsRaw, name: &str) -> Option<Kind> {
 /// The top-level sequence `key` of the document, made if absent (or null).
 fn section_seq<'v>(doc: &'v mut Value, key: &str) -> Res<&'v mut Vec<Value>> {
     if doc.is_null() {
-        *doc = Value::Mapping(Mapping::new());
+        *doc = Value::Object(Mapping::new());
     }
     let map = doc
-        .as_mapping_mut()
+        .as_object_mut()
         .ok_or("the credentials file is not a YAML mapping")?;
-    let slot = map.entry(vstr(key)).or_insert(Value::Null);
+    let slot = map.entry(key).or_insert(Value::Null);
     if slot.is_null() {
-        *slot = Value::Sequence(Vec::new());
+        *slot = Value::Array(Vec::new());
     }
-    slot.as_sequence_mut()
+    slot.as_array_mut()
         .ok_or_else(|| format!("{key} is not a list").into())
 }
 
@@ -1429,7 +1429,7 @@ fn locate(cur: &Current, loc: &Location, name: &str) -> Res<(Kind, usize)> {
 fn entry_value(doc: &mut Value, kind: Kind, idx: usize) -> Res<&mut Mapping> {
     section_seq(doc, kind.section())?
         .get_mut(idx)
-        .and_then(Value::as_mapping_mut)
+        .and_then(Value::as_object_mut)
         .ok_or_else(|| format!("{}: entry {idx} is not a mapping", kind.section()).into())
 }
 
@@ -1458,7 +1458,7 @@ fn set_disabled(
         );
     }
     let mut value = cur.value.clone();
-    entry_value(&mut value, kind, idx)?.insert(vstr("disabled"), Value::Bool(disabled));
+    entry_value(&mut value, kind, idx)?.insert("disabled".into(), Value::Bool(disabled));
     let text = cur.text.as_deref().unwrap_or("");
     let text = edit::set_key(
         text,
@@ -1593,22 +1593,22 @@ fn rotate(
 
     let mut value = cur.value.clone();
     let entry = entry_value(&mut value, kind, idx)?;
-    entry.insert(vstr(kind.hash_key()), vstr(&hash));
-    let prev_key = vstr(kind.previous_key());
+    entry.insert(kind.hash_key().into(), vstr(&hash));
+    let prev_key = kind.previous_key().to_string();
     if keep.is_empty() {
         entry.remove(&prev_key);
     } else {
         let list = keep
             .iter()
             .map(|(h, u)| {
-                Value::Mapping(
-                    [(vstr("hash"), vstr(h)), (vstr("until"), vstr(u))]
+                Value::Object(
+                    [("hash".to_string(), vstr(h)), ("until".to_string(), vstr(u))]
                         .into_iter()
                         .collect(),
                 )
             })
             .collect();
-        entry.insert(prev_key, Value::Sequence(list));
+        entry.insert(prev_key, Value::Array(list));
     }
     let text = cur.text.as_deref().unwrap_or("");
     let text = edit::set_key(text, kind.section(), idx, kind.hash_key(), &[quoted(&hash)])
@@ -2135,7 +2135,7 @@ mod tests {
             "::1",
         ] {
             let y = format!("k: {}\n", scalar(s));
-            let v: Value = serde_yaml::from_str(&y).unwrap();
+            let v: Value = config::parse(Path::new("t"), &y).unwrap();
             assert_eq!(
                 v["k"],
                 Value::String(s.to_string()),

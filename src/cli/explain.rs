@@ -147,12 +147,13 @@ pub fn explain(args: &Args, out: &mut dyn Write) -> Result<i32, String> {
     // 1. Request sanity.
     let path = match sanity::check_target(args.path.as_bytes()) {
         Ok(p) => {
-            step(
-                &mut s,
-                1,
-                "request",
-                format!("ok: the path {p} is well formed"),
-            );
+            let what = match &p {
+                std::borrow::Cow::Borrowed(_) => format!("ok: the path {p} is well formed"),
+                std::borrow::Cow::Owned(_) => {
+                    format!("ok: the path is well formed; matched and forwarded as {p} (encoded letters decoded)")
+                }
+            };
+            step(&mut s, 1, "request", what);
             Some(p.to_string())
         }
         Err(r) => {
@@ -511,7 +512,6 @@ fn decide_with(
         target: target.as_bytes(),
         headers,
         peer: ip,
-        had_fragment: false,
     };
     let d = pipeline::decide(snap, &view, now);
     match (d.result, d.shadow_denied) {

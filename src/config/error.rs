@@ -35,21 +35,6 @@ impl ConfigError {
             message: msg,
         }
     }
-
-    /// From a serde_yaml error, keeping its line and column.
-    pub fn from_yaml(file: &Path, e: &serde_yaml::Error) -> Self {
-        let mut msg = e.to_string();
-        if let Some(i) = msg.rfind(" at line ") {
-            msg.truncate(i);
-        }
-        let loc = e.location();
-        ConfigError {
-            file: file.to_path_buf(),
-            line: loc.as_ref().map(|l| l.line()),
-            column: loc.as_ref().map(|l| l.column()),
-            message: msg,
-        }
-    }
 }
 
 impl fmt::Display for ConfigError {

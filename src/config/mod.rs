@@ -1,6 +1,7 @@
 //! Config: files → raw structs (serde) → validation → one immutable [`Snapshot`],
 //! published through [`Shared`] (an `ArcSwap`) and swapped whole on reload.
 pub mod error;
+pub mod gather;
 pub mod raw;
 pub mod snapshot;
 pub mod validate;
@@ -9,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use sha2::{Digest, Sha256};
+
+use gather::Gather;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use snapshot::*;
@@ -17,12 +19,9 @@ pub use snapshot::*;
 /// The running config: one pointer, swapped atomically.
 pub type Shared = Arc<ArcSwap<Snapshot>>;
 
-fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(path, None, format!("cannot read: {e}")))
-}
-
-fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+/// Parses one config file's text with the one YAML parser every reader uses (the loader,
+/// the CLI), so a file means the same to `serve`, `check` and `credentials`.
+pub fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
     if text.trim().is_empty() {
         return Err(ConfigError::new(path, None, "file is empty"));
     }
@@ -37,7 +36,9 @@ fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, C
 /// Reads, parses and validates the main config at `path` and every file it names.
 /// `now` (unix seconds) judges expiry warnings. Returns every error found, or the snapshot.
 pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
-    let main_text = read(path).map_err(|e| ConfigErrors(vec![e]))?;
+    // Every file is read once, through `files`: what is parsed is what is hashed.
+    let mut files = Gather::new();
+    let main_text = files.read(path).map_err(|e| ConfigErrors(vec![ConfigError::new(path, None, e)]))?;
     let raw: raw::MainRaw = parse(path, &main_text).map_err(|e| ConfigErrors(vec![e]))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
@@ -45,10 +46,9 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut sink = validate::Sink::new(path, &main_text);
-    let mut extra_files = Vec::new();
-    let settings = validate::settings(&raw, &base, &mut sink, &mut extra_files);
+    let settings = validate::settings(&raw, &base, &mut sink, &mut files);
     let routes = validate::routes(&raw.routes, &mut sink);
-    let tokens = raw.tokens.as_ref().map(|t| validate::tokens(t, &base, &mut sink, &mut extra_files));
+    let tokens = raw.tokens.as_ref().map(|t| validate::tokens(t, &base, &mut sink, &mut files));
     if routes.routes.is_empty() && raw.routes.is_empty() {
         warnings.push("no routes are configured: every request is denied".to_string());
     }
@@ -56,11 +56,8 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
 
     let cred_path = validate::credentials_path(&raw, &base);
     let env = settings.as_ref().map_or(Environment::Sandbox, |s| s.environment);
-    let mut hasher = Sha256::new();
-    hasher.update(main_text.as_bytes());
-    let credentials = match read(&cred_path) {
+    let credentials = match files.read(&cred_path) {
         Ok(text) => {
-            hasher.update(text.as_bytes());
             match credentials_from_text(&cred_path, &text, env, now) {
                 Ok((store, mut w)) => {
                     warnings.append(&mut w);
@@ -73,15 +70,11 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
             }
         }
         Err(e) => {
-            errors.push(e);
+            errors.push(ConfigError::new(&cred_path, None, e));
             CredentialStore::default()
         }
     };
-    for f in &extra_files {
-        if let Ok(bytes) = std::fs::read(f) {
-            hasher.update(&bytes);
-        }
-    }
+    let (files, content_hash) = files.finish();
     match settings {
         Some(settings) if errors.is_empty() => Ok(Snapshot {
             settings,
@@ -89,8 +82,8 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
             credentials,
             tokens,
             warnings,
-            files: [vec![path.to_path_buf(), cred_path], extra_files].concat(),
-            content_hash: hex::encode(hasher.finalize()),
+            files,
+            content_hash,
             token_cache: Default::default(),
         }),
         _ => Err(ConfigErrors(errors)),

@@ -9,6 +9,7 @@ use chrono::{DateTime, NaiveDate};
 use ipnet::IpNet;
 
 use super::error::{ConfigError, Locator};
+use super::gather::Gather;
 use super::raw::{ApiKeyRaw, ClientRaw, CredentialsRaw, ExternalIssuerRaw, MainRaw, RouteRaw, TokensRaw, UserRaw};
 use super::snapshot::*;
 use crate::permission::{builtin_role, Permission, Requirement};
@@ -120,7 +121,7 @@ fn parse_secs(v: Option<f64>, default: f64, what: &str, sink: &mut Sink<'_>) -> 
 }
 
 /// Validates the main config (everything but the credentials file).
-pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec<PathBuf>) -> Option<Settings> {
+pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gather) -> Option<Settings> {
     let MainRaw {
         listen,
         upstream,
@@ -195,9 +196,9 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
         parse_secs(*upstream_connect_timeout, 5.0, "upstream_connect_timeout", sink);
     let tls = tls.as_ref().and_then(|t| {
         let (cert, key) = (base.join(&t.cert), base.join(&t.key));
-        files.push(cert.clone());
-        files.push(key.clone());
-        match crate::tls::load_listener(&cert, &key) {
+        let cert_pem = files.read(&cert).map_err(|e| (cert.clone(), e));
+        let key_pem = files.read(&key).map_err(|e| (key.clone(), e));
+        match cert_pem.and_then(|c| key_pem.and_then(|k| crate::tls::load_listener(&cert, &c, &key, &k))) {
             Ok(l) => Some(l),
             Err((file, e)) => {
                 sink.errors.push(ConfigError::new(&file, None, format!("tls: {e}")));
@@ -213,8 +214,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
         let ca = match &ca_path {
             None => None,
             Some(p) => {
-                files.push(p.clone());
-                match crate::tls::load_ca(p) {
+                match files.read(p).and_then(|pem| crate::tls::load_ca(&pem)) {
                     Ok(ca) => Some(ca),
                     Err(e) => {
                         sink.errors.push(ConfigError::new(p, None, format!("upstream_tls.ca: {e}")));
@@ -246,7 +246,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
 
 /// Validates `tokens:`, loading the signing key and external issuers' key files.
 /// Every file read is pushed onto `files` (for the watcher and the content hash).
-pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec<PathBuf>) -> TokenSettings {
+pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gather) -> TokenSettings {
     let TokensRaw {
         issuer,
         audience,
@@ -294,10 +294,9 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
     let issuer = issuer.clone().unwrap_or_else(|| "portcullis".into());
     let signer = signing_key.as_ref().and_then(|k| {
         let path = base.join(k);
-        files.push(path.clone());
-        match std::fs::read_to_string(&path) {
+        match files.read(&path) {
             Err(e) => {
-                sink.errors.push(ConfigError::new(&path, None, format!("cannot read the signing key: {e} (create one with `portcullis keygen --out {}`)", path.display())));
+                sink.errors.push(ConfigError::new(&path, None, format!("signing key: {e} (create one with `portcullis keygen --out {}`)", path.display())));
                 None
             }
             Ok(pem) => match crate::token::keys::load_signing_key(&pem) {
@@ -329,8 +328,7 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
         let mut file_keys = Vec::new();
         if let Some(f) = jwks_file {
             let path = base.join(f);
-            files.push(path.clone());
-            match std::fs::read_to_string(&path).map_err(|e| format!("cannot read: {e}")).and_then(|t| crate::token::keys::parse_jwks(&t)) {
+            match files.read(&path).and_then(|t| crate::token::keys::parse_jwks(&t)) {
                 Ok((keys, skipped)) => {
                     for s in skipped {
                         sink.errors.push(ConfigError::new(&path, None, format!("JWKS: {s}")));
@@ -345,9 +343,10 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
         }
         let who = format!("external issuer {ext_iss:?}");
         let ext_ips = allowed_ips.as_ref().map(|list| Arc::from(allowed_ip_list(list, &who, line, sink)));
-        let remote = match jwks_url {
+        // Checked only: fetchers start in the server after the whole load succeeded.
+        let jwks_url = match jwks_url {
             Some(u) => match check_jwks_url(u) {
-                Ok(()) => Some(crate::token::remote::register(u)),
+                Ok(()) => Some(u.clone()),
                 Err(e) => {
                     let l = sink.loc.contains_after(line, "jwks_url").or(line);
                     sink.err(l, e);
@@ -362,7 +361,8 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Vec
             permissions_claim: permissions_claim.clone().unwrap_or_else(|| "scope".into()),
             allowed_ips: ext_ips,
             file_keys,
-            remote,
+            jwks_url,
+            remote: None,
         });
     }
     TokenSettings {

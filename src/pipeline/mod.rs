@@ -29,6 +29,10 @@ pub struct Permit {
     pub client_ip: IpAddr,
     /// The route allows an `Upgrade` (`websocket: true`); otherwise it is removed.
     pub upgrade: bool,
+    /// The request-target to forward when sanity normalized the path (percent-encoded
+    /// unreserved characters decoded), so the upstream serves the path that was matched;
+    /// `None`: forward the target as received.
+    pub normalized_target: Option<String>,
     _sealed: (),
 }
 
@@ -36,14 +40,12 @@ pub struct Permit {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
     pub method: &'a Method,
-    /// The raw request-target, exactly as received.
+    /// The raw request-target, exactly as received (on HTTP/1 the request line's bytes,
+    /// fragment, spaces and control bytes included, so sanity can refuse them).
     pub target: &'a [u8],
     pub headers: &'a HeaderMap,
     /// The TCP peer.
     pub peer: IpAddr,
-    /// The request line's target carried a `#fragment` (which the HTTP parser drops
-    /// before `target` is seen): not origin-form, so rejected.
-    pub had_fragment: bool,
 }
 
 /// What was decided, and what was learned on the way (for the audit log and metrics).
@@ -59,6 +61,8 @@ pub struct Decision {
     route_mode: Option<Mode>,
     /// The matched route has `websocket: true` (set by `decide_enforced`, like `route_mode`).
     route_websocket: bool,
+    /// The normalized target, when it differs from the raw one (set by `decide_enforced`).
+    normalized_target: Option<String>,
 }
 
 impl Decision {
@@ -71,6 +75,7 @@ impl Decision {
             shadow_denied: None,
             route_mode: None,
             route_websocket: false,
+            normalized_target: None,
         }
     }
 }
@@ -79,19 +84,20 @@ impl Decision {
 ///
 /// In shadow mode (global, or the matched route's), a denial by authentication, address,
 /// route or permission becomes a [`Permit`] and is reported in `shadow_denied`; a
-/// malformed request (400) is refused in every mode.
+/// malformed request (400) or a `CONNECT` (405) is refused in every mode.
 pub fn decide(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision {
     let mut d = decide_enforced(snap, req, now);
     let mode = d.route_mode.unwrap_or(snap.settings.mode);
     if mode == Mode::Shadow {
         if let Err(rej) = &d.result {
-            if rej.reason != Reason::InvalidRequest {
+            if !matches!(rej.reason, Reason::InvalidRequest | Reason::MethodNotAllowed) {
                 if let Some(client_ip) = d.client_ip {
                     let permit = Permit {
                         route: d.route.clone(),
                         identity: d.identity.clone(),
                         client_ip,
                         upgrade: d.route_websocket,
+                        normalized_target: None,
                         _sealed: (),
                     };
                     d.shadow_denied = Some(rej.clone());
@@ -100,12 +106,15 @@ pub fn decide(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision {
             }
         }
     }
+    if let Ok(p) = &mut d.result {
+        p.normalized_target = d.normalized_target.take();
+    }
     d
 }
 
 fn decide_enforced(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision {
-    if req.had_fragment {
-        let r = Rejection::new(Reason::InvalidRequest, "the request target contains a fragment");
+    if req.method == Method::CONNECT {
+        let r = Rejection::new(Reason::MethodNotAllowed, "CONNECT is not allowed: this proxy opens no tunnels");
         return Decision::deny(r, None, None, None);
     }
     let path = match sanity::check_target(req.target) {
@@ -118,13 +127,18 @@ fn decide_enforced(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision
     };
     let xff = req.headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
     let client_ip = client_ip::client_ip(req.peer, xff, &snap.settings);
-    let matched = snap.routes.lookup(req.method, path);
+    let matched = snap.routes.lookup(req.method, &path);
     let route_id = matched.as_ref().map(|m| m.route.id.clone());
     let route_mode = matched.as_ref().and_then(|m| m.route.mode);
     let route_websocket = matched.as_ref().is_some_and(|m| m.route.websocket);
-    let mut d = decide_matched(snap, req, now, path, presented, client_ip, matched, route_id);
+    let mut d = decide_matched(snap, req, now, &path, presented, client_ip, matched, route_id);
     d.route_mode = route_mode;
     d.route_websocket = route_websocket;
+    if let std::borrow::Cow::Owned(p) = path {
+        let query = req.target.iter().position(|b| *b == b'?').map_or(&b""[..], |i| &req.target[i..]);
+        // The target is visible ASCII (sanity checked it), so the query is text.
+        d.normalized_target = Some(p + &String::from_utf8_lossy(query));
+    }
     d
 }
 
@@ -147,6 +161,7 @@ fn decide_matched(
                     identity: None,
                     client_ip,
                     upgrade: m.route.websocket,
+                    normalized_target: None,
                     _sealed: (),
                 }),
                 route: route_id,
@@ -155,6 +170,7 @@ fn decide_matched(
                 shadow_denied: None,
                 route_mode: None,
                 route_websocket: false,
+                normalized_target: None,
             };
         }
     }
@@ -188,6 +204,7 @@ fn decide_matched(
             identity: Some(identity.clone()),
             client_ip,
             upgrade: m.route.websocket,
+            normalized_target: None,
             _sealed: (),
         }),
         route: route_id,
@@ -196,5 +213,6 @@ fn decide_matched(
         shadow_denied: None,
         route_mode: None,
         route_websocket: false,
+        normalized_target: None,
     }
 }

@@ -1,5 +1,6 @@
 //! The upstream request rewrite (SPEC §5 step 8): strip credentials and every caller-sent
-//! identity header, add ours. Takes a [`Permit`], so an unauthorized request cannot reach it.
+//! identity header, add ours, and forward the normalized path that was matched. Takes a
+//! [`Permit`], so an unauthorized request cannot reach it.
 use std::net::IpAddr;
 
 use pingora::http::RequestHeader;
@@ -31,6 +32,12 @@ pub fn rewrite(
     request_id: &str,
     peer: IpAddr,
 ) -> pingora::Result<Vec<String>> {
+    if let Some(t) = &permit.normalized_target {
+        let uri = http::Uri::try_from(t.as_str()).map_err(|e| {
+            pingora::Error::explain(pingora::ErrorType::InternalError, format!("normalized target: {e}"))
+        })?;
+        req.set_uri(uri);
+    }
     let mut remove: Vec<String> = Vec::new();
     let mut upgrade = false;
     for v in req.headers.get_all(http::header::CONNECTION).iter() {
@@ -127,6 +134,7 @@ mod tests {
             }),
             client_ip: "198.51.100.2".parse().unwrap(),
             upgrade: false,
+            normalized_target: None,
             _sealed: (),
         };
         rewrite(&mut req, &permit, "rid", "127.0.0.1".parse().unwrap()).unwrap();

@@ -1,5 +1,8 @@
 //! Request sanity (SPEC §5 step 2): the target and the headers, before anything else.
-//! The path is checked exactly as it will be forwarded; nothing is rewritten.
+//! The path is checked, then normalized once (percent-encoded unreserved characters
+//! decoded, RFC 3986 §6.2.2.2); that normalized path is both matched and forwarded.
+use std::borrow::Cow;
+
 use http::HeaderMap;
 
 use crate::rejection::{Reason, Rejection};
@@ -17,11 +20,18 @@ fn hexval(b: u8) -> Option<u8> {
     }
 }
 
-/// Checks a request-target and returns its path (without the query).
+/// RFC 3986 §2.3 unreserved, less `.`: an encoded dot is refused, not decoded.
+fn decodes(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'~'
+}
+
+/// Checks a request-target and returns its normalized path (without the query).
 ///
 /// Rejected: anything but origin-form; raw bytes outside visible ASCII; `#`; a backslash;
 /// dot segments and empty segments; bad percent-escapes; encoded `/`, `\`, `.` and NUL.
-pub fn check_target(target: &[u8]) -> Result<&str, Rejection> {
+/// Percent-encoded `A–Z a–z 0–9 - _ ~` are decoded (`/v1/%76aults` is `/v1/vaults`), so
+/// the route matched is the one the upstream serves; the result borrows when nothing was.
+pub fn check_target(target: &[u8]) -> Result<Cow<'_, str>, Rejection> {
     if target.first() != Some(&b'/') {
         return Err(bad("the request target must be a path (origin-form)"));
     }
@@ -41,6 +51,7 @@ pub fn check_target(target: &[u8]) -> Result<&str, Rejection> {
         return Err(bad("the path contains a backslash"));
     }
     let mut i = 0;
+    let mut decoded = 0;
     while i < path.len() {
         if path[i] == b'%' {
             let (Some(h), Some(l)) = (
@@ -54,6 +65,7 @@ pub fn check_target(target: &[u8]) -> Result<&str, Rejection> {
                 b'/' => return Err(bad("the path contains an encoded slash")),
                 b'\\' => return Err(bad("the path contains an encoded backslash")),
                 b'.' => return Err(bad("the path contains an encoded dot")),
+                c if decodes(c) => decoded += 1,
                 _ => {}
             }
             i += 3;
@@ -73,7 +85,30 @@ pub fn check_target(target: &[u8]) -> Result<&str, Rejection> {
         }
     }
     // All bytes are visible ASCII, so this cannot fail.
-    std::str::from_utf8(path).map_err(|_| bad("the path is not valid"))
+    let path = std::str::from_utf8(path).map_err(|_| bad("the path is not valid"))?;
+    if decoded == 0 {
+        return Ok(Cow::Borrowed(path));
+    }
+    // Decoding an unreserved character cannot make a separator, a dot or a new escape,
+    // so the checks above hold for the decoded path too.
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let c = (hexval(b[i + 1]).unwrap_or(0) << 4) | hexval(b[i + 2]).unwrap_or(0);
+            if decodes(c) {
+                out.push(char::from(c));
+            } else {
+                out.push_str(&path[i..i + 3]);
+            }
+            i += 3;
+        } else {
+            out.push(char::from(b[i]));
+            i += 1;
+        }
+    }
+    Ok(Cow::Owned(out))
 }
 
 /// Checks `Host` (RFC 9112 §3.2): exactly one on HTTP/1.1, at most one otherwise, and
@@ -193,6 +228,21 @@ mod tests {
     }
 
     #[test]
+    fn decodes_unreserved_and_keeps_the_rest() {
+        for (t, want) in [
+            ("/v1/%76aults/v-1/balances", "/v1/vaults/v-1/balances"),
+            ("/v1/%56%41ULTS/%7e%5F%2D%30", "/v1/VAULTS/~_-0"),
+            ("/v1/a%20b%3Ac?q=%76", "/v1/a%20b%3Ac"),
+        ] {
+            let got = check_target(t.as_bytes()).unwrap();
+            assert_eq!(got, want, "{t}");
+        }
+        assert!(matches!(check_target(b"/v1/vaults").unwrap(), Cow::Borrowed(_)));
+        // Decoding never makes a dot segment: an encoded dot is refused before it.
+        assert!(check_target(b"/v1/%2e%76").is_err());
+    }
+
+    #[test]
     fn denies_attack_targets() {
         for t in [
             "/v1/./x", "/v1/../x", "/..", "/.", "/v1/%2e%2e/x", "/v1/%2E/x", "/v1/.%2e/x",
@@ -258,10 +308,16 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever passes has no dot segment, empty segment or encoded separator.
+        /// Whatever passes has no dot segment, empty segment, encoded separator or encoded
+        /// unreserved character, and normalizing it again changes nothing.
         #[test]
-        fn accepted_paths_are_clean(s in "/[a-zA-Z0-9%./\\\\_-]{0,24}") {
+        fn accepted_paths_are_clean(s in "/[a-zA-Z0-9%./\\\\_~-]{0,24}") {
             if let Ok(p) = check_target(s.as_bytes()) {
+                prop_assert_eq!(check_target(p.as_bytes()).unwrap(), p.clone());
+                for (i, _) in p.match_indices('%') {
+                    let c = u8::from_str_radix(&p[i + 1..i + 3], 16).unwrap();
+                    prop_assert!(!decodes(c), "{} left {}", s, &p[i..i + 3]);
+                }
                 let lower = p.to_ascii_lowercase();
                 prop_assert!(!lower.contains("%2e") && !lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%00"));
                 prop_assert!(!p.contains("//") && !p.contains('\\'));

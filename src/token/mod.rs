@@ -33,7 +33,10 @@ pub struct ExternalIssuer {
     pub allowed_ips: Option<Arc<[ipnet::IpNet]>>,
     /// Keys from `jwks_file`, read at load.
     pub file_keys: Vec<VerifyKey>,
-    /// Keys from `jwks_url`, fetched in the background.
+    /// `jwks_url`, checked (https, or a loopback host) but not fetched by validation.
+    pub jwks_url: Option<String>,
+    /// Its keys, fetched in the background; set by [`remote::attach`] once a load has
+    /// succeeded in the server (`None` in `check` and `explain`).
     pub remote: Option<Arc<remote::RemoteJwks>>,
 }
 

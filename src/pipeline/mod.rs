@@ -216,3 +216,6 @@ fn decide_matched(
         normalized_target: None,
     }
 }
+
+#[cfg(test)]
+mod tests;

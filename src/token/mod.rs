@@ -209,3 +209,6 @@ fn verify_uncached(
     };
     Ok((identity, valid_from, valid_until))
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::config::{unix_now, Shared, Snapshot};
 use crate::pipeline::{self, client_ip, Decision, Permit, RequestView};
-use crate::token::endpoint::{self, Reply, Which};
+use crate::metrics::Outcome;
+use crate::token::endpoint::{self, Answered, Reply, Which};
 use crate::rejection::{Reason, Rejection};
 use crate::telemetry::{self, AuditRecord};
 
@@ -22,20 +23,74 @@ pub struct Portcullis {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// What a request turned out to be, as the phases learn it: one value, so the audit log
+/// and the metrics read it rather than recombine partial answers.
+enum Fate {
+    /// Not judged: pingora failed before the pipeline ran.
+    Unjudged,
+    /// One of the sidecar's own endpoints answered (the token endpoint computes the client
+    /// address itself).
+    Endpoint { answered: Answered, client_ip: Option<IpAddr> },
+    /// Refused before the pipeline (the Host check).
+    Refused(Rejection),
+    /// The pipeline decided; `failed` when forwarding an allowed request failed after.
+    Decided { decision: Decision, failed: Option<Rejection> },
+}
+
+impl Fate {
+    fn decision(&self) -> Option<&Decision> {
+        match self {
+            Fate::Decided { decision, .. } => Some(decision),
+            _ => None,
+        }
+    }
+
+    /// The refusal or failure that was answered, if any.
+    fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            Fate::Refused(r) | Fate::Decided { failed: Some(r), .. } => Some(r),
+            Fate::Decided { decision, failed: None } => decision.result.as_ref().err(),
+            Fate::Unjudged | Fate::Endpoint { .. } => None,
+        }
+    }
+
+    /// Records a failure answered by `fail_to_proxy`.
+    fn fail(&mut self, rej: Rejection) {
+        match self {
+            Fate::Decided { failed, .. } => *failed = Some(rej),
+            _ => *self = Fate::Refused(rej),
+        }
+    }
+}
+
+/// The audit log's `outcome`: a request's (as in the metrics) or an own endpoint's.
+#[derive(Clone, Copy)]
+enum Audited {
+    Request(Outcome),
+    TokenIssued,
+    TokenRefused,
+    Served,
+}
+
+impl Audited {
+    fn as_str(self) -> &'static str {
+        match self {
+            Audited::Request(o) => o.as_str(),
+            Audited::TokenIssued => "token_issued",
+            Audited::TokenRefused => "token_refused",
+            Audited::Served => "served",
+        }
+    }
+}
+
 /// Per-request state. The snapshot is loaded once, when the request starts.
 pub struct Ctx {
     snap: Arc<Snapshot>,
     request_id: String,
     start: Instant,
-    decision: Option<Decision>,
-    /// A denial or failure already answered (for the audit log).
-    rejection: Option<Rejection>,
+    fate: Fate,
     upstream_start: Option<Instant>,
     _in_flight: crate::shutdown::InFlightGuard,
-    /// The sidecar's own endpoint answered, with the client or OAuth error code.
-    endpoint: Option<(Which, std::result::Result<String, &'static str>)>,
-    /// The client address, when computed outside `decide` (token endpoint).
-    client_ip: Option<IpAddr>,
     /// The client hung up before the answer was complete (audited as 499 `client_closed`).
     client_closed: bool,
     /// pingora refused the request as malformed (answered 400 by `fail_to_proxy`).
@@ -117,6 +172,7 @@ async fn respond_reply(session: &mut Session, reply: &Reply, request_id: &str) -
 impl Portcullis {
     /// Answers the token endpoint, the JWKS or the metadata; never forwarded.
     async fn own_endpoint(&self, session: &mut Session, ctx: &mut Ctx, which: Which, peer: IpAddr) -> Result<bool> {
+        let mut client_ip = None;
         let reply = match which {
             Which::Jwks => ctx.snap.tokens.as_ref().map(endpoint::jwks),
             Which::Metadata => ctx.snap.tokens.as_ref().map(endpoint::metadata),
@@ -124,17 +180,17 @@ impl Portcullis {
                 session.set_keepalive(None);
                 Some(endpoint::method_not_allowed(&ctx.request_id))
             }
-            Which::Token => Some(self.token_request(session, ctx, peer).await),
+            Which::Token => Some(self.token_request(session, ctx, peer, &mut client_ip).await),
         };
         let Some(reply) = reply else {
             return Error::e_explain(InternalError, "token settings vanished");
         };
         respond_reply(session, &reply, &ctx.request_id).await?;
-        ctx.endpoint = Some((which, reply.outcome));
+        ctx.fate = Fate::Endpoint { answered: reply.outcome, client_ip };
         Ok(true)
     }
 
-    async fn token_request(&self, session: &mut Session, ctx: &mut Ctx, peer: IpAddr) -> Reply {
+    async fn token_request(&self, session: &mut Session, ctx: &Ctx, peer: IpAddr, ip: &mut Option<IpAddr>) -> Reply {
         let mut body = Vec::new();
         loop {
             match session.read_request_body().await {
@@ -156,7 +212,7 @@ impl Portcullis {
         let headers = req.headers.clone();
         let xff = headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
         let client_ip = client_ip::client_ip(peer, xff, &ctx.snap.settings);
-        ctx.client_ip = Some(client_ip);
+        *ip = Some(client_ip);
         let snap = ctx.snap.clone();
         let rid = ctx.request_id.clone();
         // argon2 is slow and takes ~19 MiB per verification by design: at most
@@ -187,12 +243,9 @@ impl ProxyHttp for Portcullis {
             snap: self.config.load_full(),
             request_id: new_request_id(),
             start: Instant::now(),
-            decision: None,
-            rejection: None,
+            fate: Fate::Unjudged,
             upstream_start: None,
             _in_flight: self.in_flight.enter(),
-            endpoint: None,
-            client_ip: None,
             client_closed: false,
             client_fault: false,
         }
@@ -207,7 +260,7 @@ impl ProxyHttp for Portcullis {
         // RFC 9112 §3.2: one well-formed Host, required on HTTP/1.1 (SPEC §5 step 2).
         if let Err(rej) = pipeline::sanity::check_host(&req.headers, req.version == http::Version::HTTP_11) {
             respond(session, &rej, &ctx.request_id).await?;
-            ctx.rejection = Some(rej);
+            ctx.fate = Fate::Refused(rej);
             return Ok(true);
         }
         let line_target = request_line_target(session);
@@ -222,12 +275,11 @@ impl ProxyHttp for Portcullis {
         let decision = pipeline::decide(&ctx.snap, &view, unix_now());
         self.metrics.observe_auth(decision.identity.as_ref().map(|i| i.kind), started.elapsed());
         let denied = decision.result.as_ref().err().cloned();
-        ctx.decision = Some(decision);
+        ctx.fate = Fate::Decided { decision, failed: None };
         match denied {
             None => Ok(false),
             Some(rej) => {
                 respond(session, &rej, &ctx.request_id).await?;
-                ctx.rejection = Some(rej);
                 Ok(true)
             }
         }
@@ -259,7 +311,7 @@ impl ProxyHttp for Portcullis {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let permit: &Permit = match ctx.decision.as_ref().map(|d| &d.result) {
+        let permit: &Permit = match ctx.fate.decision().map(|d| &d.result) {
             Some(Ok(p)) => p,
             _ => return Error::e_explain(InternalError, "no permit for a forwarded request"),
         };
@@ -283,7 +335,7 @@ impl ProxyHttp for Portcullis {
         // A switch of protocols is honoured only on a `websocket: true` route: anywhere
         // else the bytes after a 101 would pass unjudged (SPEC §5 step 8).
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            let allowed = matches!(ctx.decision.as_ref().map(|d| &d.result), Some(Ok(p)) if p.upgrade);
+            let allowed = matches!(ctx.fate.decision().map(|d| &d.result), Some(Ok(p)) if p.upgrade);
             if !allowed {
                 return Err(Error::create(
                     HTTPStatus(502),
@@ -329,7 +381,7 @@ impl ProxyHttp for Portcullis {
             let _ = respond(session, &rej, &ctx.request_id).await;
         }
         session.set_keepalive(None);
-        ctx.rejection = Some(rej);
+        ctx.fate.fail(rej);
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
@@ -352,59 +404,64 @@ impl ProxyHttp for Portcullis {
         let raw = req.raw_path();
         let path_end = raw.iter().position(|b| *b == b'?').unwrap_or(raw.len());
         let path = String::from_utf8_lossy(&raw[..path_end]);
-        let d = ctx.decision.as_ref();
+        let d = ctx.fate.decision();
         let identity = d.and_then(|d| d.identity.as_ref());
         let shadow = d.and_then(|d| d.shadow_denied.as_ref()).map(|r| r.reason);
-        let outcome = match (&ctx.endpoint, &ctx.rejection, d.map(|d| d.result.is_ok())) {
-            _ if ctx.client_closed => "client_closed",
-            (Some((Which::Token, Ok(_))), _, _) => "token_issued",
-            (Some((Which::Token, Err(_))), _, _) => "token_refused",
-            (Some(_), _, _) => "served",
-            (None, Some(r), _) if r.reason.status() >= 500 => "error",
-            (None, Some(_), _) => "denied",
-            (None, None, Some(true)) if shadow.is_some() => "shadow_denied",
-            (None, None, Some(true)) => "allowed",
-            _ => "error",
+        let rejection = ctx.fate.rejection().map(|r| r.reason);
+        let audited = match &ctx.fate {
+            _ if ctx.client_closed => Audited::Request(Outcome::ClientClosed),
+            Fate::Endpoint { answered: Answered::Issued(_), .. } => Audited::TokenIssued,
+            Fate::Endpoint { answered: Answered::Refused(_), .. } => Audited::TokenRefused,
+            Fate::Endpoint { answered: Answered::Served, .. } => Audited::Served,
+            Fate::Unjudged => Audited::Request(Outcome::Error),
+            _ => Audited::Request(match rejection {
+                Some(r) if r.status() >= 500 => Outcome::Error,
+                Some(_) => Outcome::Denied,
+                None if shadow.is_some() => Outcome::ShadowDenied,
+                None => Outcome::Allowed,
+            }),
         };
-        let token_client = match &ctx.endpoint {
-            Some((Which::Token, Ok(c))) => Some(c.as_str()),
-            _ => None,
+        let (token_client, endpoint_ip) = match &ctx.fate {
+            Fate::Endpoint { answered: Answered::Issued(c), client_ip, .. } => (Some(c.as_str()), *client_ip),
+            Fate::Endpoint { client_ip, .. } => (None, *client_ip),
+            _ => (None, None),
         };
-        let reason = match &ctx.endpoint {
-            Some((Which::Token, Err(code))) => Some(*code),
-            _ => ctx.rejection.as_ref().map(|r| r.reason).or(shadow).map(|r| r.code()),
+        let reason = match &ctx.fate {
+            Fate::Endpoint { answered: Answered::Refused(code), .. } => Some(code.as_str()),
+            _ => rejection.or(shadow).map(|r| r.code()),
         };
         let latency = ctx.start.elapsed();
         telemetry::audit(&AuditRecord {
             request_id: &ctx.request_id,
-            client_ip: d.and_then(|d| d.client_ip).or(ctx.client_ip),
+            client_ip: d.and_then(|d| d.client_ip).or(endpoint_ip),
             method: req.method.as_str(),
             path: &path,
             route: d.and_then(|d| d.route.as_deref()),
             credential: identity.map(|i| i.credential.as_ref()).or(token_client),
             credential_type: identity.map(|i| i.kind.as_str()).or(token_client.map(|_| "client")),
             user: identity.and_then(|i| i.user.as_deref()),
-            outcome,
+            outcome: audited.as_str(),
             reason,
             status,
             latency,
             upstream_latency: ctx.upstream_start.map(|t| t.elapsed()),
         });
         let now = unix_now();
-        match &ctx.endpoint {
-            Some((Which::Token, Ok(client))) => self.metrics.token_issued(client, now),
-            Some((Which::Token, Err(code))) => self.metrics.token_refused(code),
-            Some(_) => {}
-            None => self.metrics.observe_request(&crate::metrics::RequestObservation {
+        match (&ctx.fate, audited) {
+            (Fate::Endpoint { answered: Answered::Issued(client), .. }, _) => self.metrics.token_issued(client, now),
+            (Fate::Endpoint { answered: Answered::Refused(code), .. }, _) => self.metrics.token_refused(*code),
+            (Fate::Endpoint { .. }, _) => {}
+            (_, Audited::Request(outcome)) => self.metrics.observe_request(&crate::metrics::RequestObservation {
                 route: d.and_then(|d| d.route.as_deref()),
                 credential: identity.map(|i| i.credential.as_ref()),
                 kind: identity.map(|i| i.kind),
-                outcome: crate::metrics::Outcome::from_code(outcome),
+                outcome,
                 status,
-                reason: ctx.rejection.as_ref().map(|r| r.reason).or(shadow),
+                reason: rejection.or(shadow),
                 duration: latency,
                 now,
             }),
+            (_, _) => {}
         }
     }
 }

@@ -607,7 +607,7 @@ fn exposes_every_family_with_labels_from_config_only() {
                 "long-gone",
             ]
             .contains(&value),
-            "reason" => codes.contains(&value) || portcullis::metrics::TOKEN_REFUSAL_REASONS.contains(&value),
+            "reason" => codes.contains(&value) || portcullis::token::endpoint::OAuthCode::ALL.iter().any(|c| c.as_str() == value),
             "outcome" => ["allowed", "denied", "error", "shadow_denied", "client_closed"].contains(&value),
             "status_class" => ["1xx", "2xx", "3xx", "4xx", "5xx", "none"].contains(&value),
             "kind" => ["client", "api_key", "external", "none", "unavailable", "timeout"].contains(&value),

@@ -47,6 +47,75 @@ pub fn which(snap: &Snapshot, method: &Method, path: &[u8]) -> Option<Which> {
     }
 }
 
+/// The OAuth 2.0 error codes (RFC 6749 §5.2), plus `server_error`, RFC 8628's `slow_down`
+/// (throttled) and `temporarily_unavailable` (busy). Each has one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthCode {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    InvalidScope,
+    ServerError,
+    SlowDown,
+    TemporarilyUnavailable,
+}
+
+impl OAuthCode {
+    pub const ALL: [OAuthCode; 9] = [
+        OAuthCode::InvalidRequest,
+        OAuthCode::InvalidClient,
+        OAuthCode::InvalidGrant,
+        OAuthCode::UnauthorizedClient,
+        OAuthCode::UnsupportedGrantType,
+        OAuthCode::InvalidScope,
+        OAuthCode::ServerError,
+        OAuthCode::SlowDown,
+        OAuthCode::TemporarilyUnavailable,
+    ];
+
+    /// The code as the error body and the metrics write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuthCode::InvalidRequest => "invalid_request",
+            OAuthCode::InvalidClient => "invalid_client",
+            OAuthCode::InvalidGrant => "invalid_grant",
+            OAuthCode::UnauthorizedClient => "unauthorized_client",
+            OAuthCode::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthCode::InvalidScope => "invalid_scope",
+            OAuthCode::ServerError => "server_error",
+            OAuthCode::SlowDown => "slow_down",
+            OAuthCode::TemporarilyUnavailable => "temporarily_unavailable",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            OAuthCode::InvalidClient => 401,
+            OAuthCode::SlowDown => 429,
+            OAuthCode::ServerError => 500,
+            OAuthCode::TemporarilyUnavailable => 503,
+            OAuthCode::InvalidRequest
+            | OAuthCode::InvalidGrant
+            | OAuthCode::UnauthorizedClient
+            | OAuthCode::UnsupportedGrantType
+            | OAuthCode::InvalidScope => 400,
+        }
+    }
+}
+
+/// What one of the sidecar's own answers was, for the audit log and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answered {
+    /// The JWKS or the metadata.
+    Served,
+    /// A token, issued to this client.
+    Issued(String),
+    /// A token request, refused with this code.
+    Refused(OAuthCode),
+}
+
 /// A complete answer.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -59,11 +128,11 @@ pub struct Reply {
     pub allow: Option<&'static str>,
     /// `Retry-After` seconds (429, 503).
     pub retry_after: Option<u64>,
-    /// The client a token was issued to, or the OAuth error code (for logs and metrics).
-    pub outcome: Result<String, &'static str>,
+    /// What the answer was (for logs and metrics).
+    pub outcome: Answered,
 }
 
-fn json_reply(status: u16, v: serde_json::Value, no_store: bool) -> Reply {
+fn json_reply(status: u16, v: serde_json::Value, no_store: bool, outcome: Answered) -> Reply {
     Reply {
         status,
         body: Bytes::from(v.to_string()),
@@ -71,14 +140,14 @@ fn json_reply(status: u16, v: serde_json::Value, no_store: bool) -> Reply {
         no_store,
         allow: None,
         retry_after: None,
-        outcome: Err(""),
+        outcome,
     }
 }
 
 /// An RFC 6749 §5.2 error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthError {
-    pub code: &'static str,
+    pub code: OAuthCode,
     pub description: String,
     /// The client used HTTP Basic (then a 401 carries a Basic challenge).
     pub basic: bool,
@@ -87,7 +156,7 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(code: &'static str, description: impl Into<String>) -> Self {
+    fn new(code: OAuthCode, description: impl Into<String>) -> Self {
         OAuthError { code, description: description.into(), basic: false, retry_after: None }
     }
 
@@ -95,7 +164,7 @@ impl OAuthError {
     pub fn slow_down(wait: std::time::Duration) -> Self {
         OAuthError {
             retry_after: Some(wait.as_secs().max(1)),
-            ..OAuthError::new("slow_down", "too many failed attempts; retry later")
+            ..OAuthError::new(OAuthCode::SlowDown, "too many failed attempts; retry later")
         }
     }
 
@@ -103,44 +172,38 @@ impl OAuthError {
     pub fn busy() -> Self {
         OAuthError {
             retry_after: Some(1),
-            ..OAuthError::new("temporarily_unavailable", "the token endpoint is busy; retry later")
+            ..OAuthError::new(OAuthCode::TemporarilyUnavailable, "the token endpoint is busy; retry later")
         }
     }
 
     pub fn too_large() -> Self {
-        OAuthError::new("invalid_request", "the request body is too large")
+        OAuthError::new(OAuthCode::InvalidRequest, "the request body is too large")
     }
 
     pub fn unreadable() -> Self {
-        OAuthError::new("invalid_request", "the request body could not be read")
+        OAuthError::new(OAuthCode::InvalidRequest, "the request body could not be read")
     }
 
     pub fn server_error() -> Self {
-        OAuthError::new("server_error", "the token could not be issued")
+        OAuthError::new(OAuthCode::ServerError, "the token could not be issued")
     }
 
     pub fn status(&self) -> u16 {
-        match self.code {
-            "server_error" => 500,
-            "temporarily_unavailable" => 503,
-            "slow_down" => 429,
-            "invalid_client" => 401,
-            _ => 400,
-        }
+        self.code.status()
     }
 
     pub fn reply(&self, request_id: &str) -> Reply {
         let mut r = json_reply(
             self.status(),
-            json!({"error": self.code, "error_description": self.description, "request_id": request_id}),
+            json!({"error": self.code.as_str(), "error_description": self.description, "request_id": request_id}),
             true,
+            Answered::Refused(self.code),
         );
-        if self.status() == 401 {
+        if self.code == OAuthCode::InvalidClient {
             // The token endpoint authenticates clients with Basic (or the body).
             r.www_authenticate = Some("Basic realm=\"portcullis\"".into());
         }
         r.retry_after = self.retry_after;
-        r.outcome = Err(self.code);
         r
     }
 }
@@ -148,15 +211,13 @@ impl OAuthError {
 /// The published keys.
 pub fn jwks(ts: &TokenSettings) -> Reply {
     let keys: Vec<_> = ts.signer.iter().map(|s| s.jwk.clone()).collect();
-    let mut r = json_reply(200, json!({ "keys": keys }), false);
-    r.outcome = Ok(String::new());
-    r
+    json_reply(200, json!({ "keys": keys }), false, Answered::Served)
 }
 
 /// RFC 8414 authorization server metadata.
 pub fn metadata(ts: &TokenSettings) -> Reply {
     let base = ts.issuer.trim_end_matches('/');
-    let mut r = json_reply(
+    json_reply(
         200,
         json!({
             "issuer": ts.issuer,
@@ -167,14 +228,13 @@ pub fn metadata(ts: &TokenSettings) -> Reply {
             "response_types_supported": [],
         }),
         false,
-    );
-    r.outcome = Ok(String::new());
-    r
+        Answered::Served,
+    )
 }
 
 /// A 405 for a non-POST request to the token endpoint.
 pub fn method_not_allowed(request_id: &str) -> Reply {
-    let mut r = OAuthError::new("invalid_request", "the token endpoint accepts POST only").reply(request_id);
+    let mut r = OAuthError::new(OAuthCode::InvalidRequest, "the token endpoint accepts POST only").reply(request_id);
     r.status = 405;
     r.allow = Some("POST");
     r
@@ -251,7 +311,7 @@ pub fn token(
             no_store: true,
             allow: None,
             retry_after: None,
-            outcome: Ok(client),
+            outcome: Answered::Issued(client),
         },
         Err(e) => e.reply(request_id),
     }
@@ -265,10 +325,10 @@ fn issue(
     now: i64,
 ) -> Result<(String, String), OAuthError> {
     let Some(ts) = snap.tokens.as_ref() else {
-        return Err(OAuthError::new("invalid_request", "tokens are not issued here"));
+        return Err(OAuthError::new(OAuthCode::InvalidRequest, "tokens are not issued here"));
     };
     let Some(signer) = ts.signer.as_ref() else {
-        return Err(OAuthError::new("invalid_request", "tokens are not issued here"));
+        return Err(OAuthError::new(OAuthCode::InvalidRequest, "tokens are not issued here"));
     };
     let ctype = headers
         .get(http::header::CONTENT_TYPE)
@@ -276,12 +336,12 @@ fn issue(
         .unwrap_or("");
     let mime = ctype.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-        return Err(OAuthError::new("invalid_request", "the body must be application/x-www-form-urlencoded"));
+        return Err(OAuthError::new(OAuthCode::InvalidRequest, "the body must be application/x-www-form-urlencoded"));
     }
     let mut form: Vec<(String, String)> = Vec::new();
     for (k, v) in form_urlencoded::parse(body) {
         if form.iter().any(|(seen, _)| *seen == k) {
-            return Err(OAuthError::new("invalid_request", format!("parameter {k} is repeated")));
+            return Err(OAuthError::new(OAuthCode::InvalidRequest, format!("parameter {k} is repeated")));
         }
         form.push((k.into_owned(), v.into_owned()));
     }
@@ -291,7 +351,7 @@ fn issue(
     let mut auths = headers.get_all(http::header::AUTHORIZATION).iter();
     let (auth, extra) = (auths.next(), auths.next());
     if extra.is_some() {
-        return Err(OAuthError::new("invalid_request", "more than one Authorization header"));
+        return Err(OAuthError::new(OAuthCode::InvalidRequest, "more than one Authorization header"));
     }
     let basic = match auth {
         None => None,
@@ -300,7 +360,7 @@ fn issue(
             None => {
                 return Err(OAuthError {
                     basic: true,
-                    ..OAuthError::new("invalid_client", "the Authorization header must be Basic client_id:client_secret")
+                    ..OAuthError::new(OAuthCode::InvalidClient, "the Authorization header must be Basic client_id:client_secret")
                 })
             }
         },
@@ -308,27 +368,27 @@ fn issue(
     let used_basic = basic.is_some();
     let (client_id, secret) = match (basic, get("client_id"), get("client_secret")) {
         (Some(_), _, Some(_)) => {
-            return Err(OAuthError::new("invalid_request", "use one client authentication method, not both"))
+            return Err(OAuthError::new(OAuthCode::InvalidRequest, "use one client authentication method, not both"))
         }
         (Some((id, s)), body_id, None) => {
             if body_id.is_some_and(|b| b != id) {
-                return Err(OAuthError::new("invalid_request", "client_id in the body differs from the Basic one"));
+                return Err(OAuthError::new(OAuthCode::InvalidRequest, "client_id in the body differs from the Basic one"));
             }
             (id, s)
         }
         (None, Some(id), Some(s)) => (id.to_string(), s.to_string()),
         (None, _, _) => {
-            return Err(OAuthError::new("invalid_client", "client authentication is required"));
+            return Err(OAuthError::new(OAuthCode::InvalidClient, "client authentication is required"));
         }
     };
     match get("grant_type") {
-        None => return Err(OAuthError::new("invalid_request", "grant_type is required")),
+        None => return Err(OAuthError::new(OAuthCode::InvalidRequest, "grant_type is required")),
         Some("client_credentials") => {}
         Some(_) => {
-            return Err(OAuthError::new("unsupported_grant_type", "only client_credentials is supported"))
+            return Err(OAuthError::new(OAuthCode::UnsupportedGrantType, "only client_credentials is supported"))
         }
     }
-    let bad_client = |d: &str| OAuthError { basic: used_basic, ..OAuthError::new("invalid_client", d) };
+    let bad_client = |d: &str| OAuthError { basic: used_basic, ..OAuthError::new(OAuthCode::InvalidClient, d) };
     // Throttled before any verification: the same answer whether the client exists or not.
     let guard = super::guard::guard();
     if let Some(wait) = guard.throttled(&client_id, client_ip, ts.failure_limit) {
@@ -385,14 +445,14 @@ fn issue(
             let mut out = Vec::new();
             for item in s.split(' ').filter(|x| !x.is_empty()) {
                 let p = Permission::parse(item)
-                    .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
+                    .map_err(|e| OAuthError::new(OAuthCode::InvalidScope, e.to_string()))?;
                 if !client.grants.iter().any(|g| p.is_within(g)) {
-                    return Err(OAuthError::new("invalid_scope", format!("{item} is not granted to this client")));
+                    return Err(OAuthError::new(OAuthCode::InvalidScope, format!("{item} is not granted to this client")));
                 }
                 out.push(item.to_string());
             }
             if out.is_empty() {
-                return Err(OAuthError::new("invalid_scope", "the scope is empty"));
+                return Err(OAuthError::new(OAuthCode::InvalidScope, "the scope is empty"));
             }
             out
         }
@@ -401,7 +461,7 @@ fn issue(
     let scope = scope.join(" ");
     let exp = (now + ts.lifetime as i64).min(client.expires_at);
     let token = sign(ts, signer, &client_id, &scope, now, exp)
-        .map_err(|_| OAuthError::new("server_error", "the token could not be signed"))?;
+        .map_err(|_| OAuthError::new(OAuthCode::ServerError, "the token could not be signed"))?;
     let body = json!({
         "access_token": token,
         "token_type": "Bearer",
@@ -438,6 +498,25 @@ pub fn sign(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_oauth_code_has_one_name_and_status() {
+        let names: std::collections::HashSet<_> = OAuthCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), OAuthCode::ALL.len());
+        for (code, status) in [
+            (OAuthCode::InvalidRequest, 400),
+            (OAuthCode::InvalidClient, 401),
+            (OAuthCode::InvalidScope, 400),
+            (OAuthCode::SlowDown, 429),
+            (OAuthCode::ServerError, 500),
+            (OAuthCode::TemporarilyUnavailable, 503),
+        ] {
+            assert_eq!(code.status(), status, "{}", code.as_str());
+        }
+        let r = OAuthError::new(OAuthCode::InvalidClient, "x").reply("rid");
+        assert_eq!((r.status, r.outcome), (401, Answered::Refused(OAuthCode::InvalidClient)));
+        assert!(r.www_authenticate.is_some());
+    }
+
     use super::*;
 
     #[test]

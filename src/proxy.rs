@@ -209,28 +209,37 @@ impl Portcullis {
             }
         }
         let req = session.req_header();
-        let headers = req.headers.clone();
-        let xff = headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
+        let xff = req.headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
         let client_ip = client_ip::client_ip(peer, xff, &ctx.snap.settings);
         *ip = Some(client_ip);
-        let snap = ctx.snap.clone();
-        let rid = ctx.request_id.clone();
+        let rid = &ctx.request_id;
+        let parsed = match endpoint::parse_request(&req.headers, &body) {
+            Ok(p) => p,
+            Err(e) => return e.reply(rid),
+        };
+        // A throttled client id or address is answered before any slot or thread, and only
+        // after a pause (a tarpit, as sshd's penalties): a flood of them otherwise runs at
+        // tens of thousands of answers a second and takes the CPU from the API's requests.
+        if let Some(e) = endpoint::throttled(&ctx.snap, &parsed, client_ip) {
+            tokio::time::sleep(endpoint::THROTTLED_PAUSE).await;
+            return e.reply(rid);
+        }
         // argon2 is slow and takes ~19 MiB per verification by design: at most
-        // `max_concurrent_verifications` run at once, so a flood costs bounded memory
-        // and leaves the proxy's workers free (SPEC §6 abuse bounds).
+        // `max_concurrent_verifications` run at once, on lower-priority threads of their
+        // own, so a flood costs bounded memory and leaves the proxy's workers free
+        // (SPEC §6 abuse bounds).
+        let snap = ctx.snap.clone();
         let max = snap.tokens.as_ref().map_or(1, |t| t.max_concurrent_verifications);
         let Some(slot) = crate::token::guard::guard().slot(max).await else {
-            return endpoint::OAuthError::busy().reply(&ctx.request_id);
+            return endpoint::OAuthError::busy().reply(rid);
         };
-        let job = tokio::task::spawn_blocking(move || {
-            let reply = endpoint::token(&snap, &headers, &body, client_ip, unix_now(), &rid);
+        let issued = crate::token::verifier::run(max, move || {
+            let issued = endpoint::issue(&snap, &parsed, client_ip, unix_now());
             drop(slot);
-            reply
-        });
-        match job.await {
-            Ok(r) => r,
-            Err(_) => endpoint::OAuthError::server_error().reply(&ctx.request_id),
-        }
+            issued
+        })
+        .await;
+        endpoint::answer(issued.unwrap_or_else(|| Err(endpoint::OAuthError::server_error())), rid)
     }
 }
 

@@ -89,9 +89,9 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 /// The error completes a sentence that starts with the field's name.
 pub fn parse_secret_hash(s: &str) -> Result<SecretHash, String> {
     if s.starts_with("$argon2id$") {
-        argon2::PasswordHash::new(s)
-            .map(|_| SecretHash::Argon2(s.to_string()))
-            .map_err(|e| format!("is not a valid argon2id PHC string: {e}"))
+        let h = argon2::PasswordHash::new(s).map_err(|e| format!("is not a valid argon2id PHC string: {e}"))?;
+        crate::token::secret::argon2_cost_ok(&h)?;
+        Ok(SecretHash::Argon2(s.to_string()))
     } else {
         parse_sha256(s)
             .map(SecretHash::Sha256)

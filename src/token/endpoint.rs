@@ -1,18 +1,13 @@
 //! The token endpoint (RFC 6749 §4.4 client credentials), the JWKS and the RFC 8414
 //! metadata, answered by the sidecar itself. Pure functions: request parts in, [`Reply`] out.
 use std::net::IpAddr;
-use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use jsonwebtoken::Header;
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::keys::SigningKey;
 use crate::config::{Credential, SecretHash, Snapshot, TokenSettings};
@@ -258,40 +253,8 @@ fn parse_basic(value: &str) -> Option<(String, String)> {
     Some((dec(id)?, dec(secret)?))
 }
 
-/// An argon2id hash that verifies nothing, so that an unknown client id costs the same
-/// time as a wrong secret.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        SaltString::encode_b64(&rand::random::<[u8; 16]>())
-            .ok()
-            .and_then(|salt| {
-                Argon2::default()
-                    .hash_password(&rand::random::<[u8; 32]>(), &salt)
-                    .map(|h| h.to_string())
-                    .ok()
-            })
-            .unwrap_or_default()
-    })
-}
-
-fn verify_argon2(phc: &str, secret: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(h) => Argon2::default().verify_password(secret.as_bytes(), &h).is_ok(),
-        Err(_) => false,
-    }
-}
-
-/// Checks a secret against its stored hash in constant time.
-pub fn verify_secret(stored: &SecretHash, secret: &str) -> bool {
-    match stored {
-        SecretHash::Argon2(phc) => verify_argon2(phc, secret),
-        SecretHash::Sha256(h) => {
-            let got: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-            got.ct_eq(h).into()
-        }
-    }
-}
+pub use super::secret::verify_secret;
+use super::secret::{dummy_hash, verify_argon2};
 
 /// Handles `POST {endpoint}`: authenticates the client, checks its state, allowlist and
 /// scope, and issues a token. CPU-heavy (argon2): run it off the async runtime.
@@ -303,7 +266,12 @@ pub fn token(
     now: i64,
     request_id: &str,
 ) -> Reply {
-    match issue(snap, headers, body, client_ip, now) {
+    answer(parse_request(headers, body).and_then(|req| issue(snap, &req, client_ip, now)), request_id)
+}
+
+/// The reply for what [`issue`] returned.
+pub fn answer(issued: Result<(String, String), OAuthError>, request_id: &str) -> Reply {
+    match issued {
         Ok((client, body)) => Reply {
             status: 200,
             body: Bytes::from(body),
@@ -317,19 +285,18 @@ pub fn token(
     }
 }
 
-fn issue(
-    snap: &Snapshot,
-    headers: &HeaderMap,
-    body: &[u8],
-    client_ip: IpAddr,
-    now: i64,
-) -> Result<(String, String), OAuthError> {
-    let Some(ts) = snap.tokens.as_ref() else {
-        return Err(OAuthError::new(OAuthCode::InvalidRequest, "tokens are not issued here"));
-    };
-    let Some(signer) = ts.signer.as_ref() else {
-        return Err(OAuthError::new(OAuthCode::InvalidRequest, "tokens are not issued here"));
-    };
+/// A token request, parsed (no secret checked yet).
+pub struct TokenRequest {
+    client_id: String,
+    secret: String,
+    scope: Option<String>,
+    /// The client authenticated with HTTP Basic (a 401 then carries a Basic challenge).
+    used_basic: bool,
+}
+
+/// Parses a token request: the form, and client authentication by Basic or in the body.
+/// Cheap: the proxy runs it before a verification slot is taken.
+pub fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OAuthError> {
     let ctype = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -388,10 +355,36 @@ fn issue(
             return Err(OAuthError::new(OAuthCode::UnsupportedGrantType, "only client_credentials is supported"))
         }
     }
+    Ok(TokenRequest { client_id, secret, scope: get("scope").map(str::to_string), used_basic })
+}
+
+/// How long the proxy holds a throttled token request before its 429: each connection of a
+/// flood then gets two answers a second, not thousands.
+pub const THROTTLED_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// 429 `slow_down` if this client id or address failed too often (SPEC §6): checked
+/// before a verification slot is taken, so a throttled flood costs a map lookup.
+pub fn throttled(snap: &Snapshot, req: &TokenRequest, client_ip: IpAddr) -> Option<OAuthError> {
+    let limit = snap.tokens.as_ref()?.failure_limit;
+    let wait = super::guard::guard().throttled(&req.client_id, client_ip, limit)?;
+    Some(OAuthError { basic: req.used_basic, ..OAuthError::slow_down(wait) })
+}
+
+/// Checks the client (secret, state, allowlist) and the scope, and signs a token.
+/// CPU-heavy (one argon2 verification): the proxy runs it on a verification thread.
+pub fn issue(snap: &Snapshot, req: &TokenRequest, client_ip: IpAddr, now: i64) -> Result<(String, String), OAuthError> {
+    let Some(ts) = snap.tokens.as_ref() else {
+        return Err(OAuthError::new(OAuthCode::InvalidRequest, "tokens are not issued here"));
+    };
+    let Some(signer) = ts.signer.as_ref() else {
+        return Err(OAuthError::new(OAuthCode::InvalidRequest, "tokens are not issued here"));
+    };
+    let TokenRequest { client_id, secret, scope, used_basic } = req;
+    let (client_id, secret, used_basic) = (client_id.as_str(), secret.as_str(), *used_basic);
     let bad_client = |d: &str| OAuthError { basic: used_basic, ..OAuthError::new(OAuthCode::InvalidClient, d) };
     // Throttled before any verification: the same answer whether the client exists or not.
     let guard = super::guard::guard();
-    if let Some(wait) = guard.throttled(&client_id, client_ip, ts.failure_limit) {
+    if let Some(wait) = guard.throttled(client_id, client_ip, ts.failure_limit) {
         return Err(OAuthError { basic: used_basic, ..OAuthError::slow_down(wait) });
     }
 
@@ -439,7 +432,7 @@ fn issue(
         guard.failed(&client_id, client_ip);
         return Err(bad_client("the client is unknown or the secret is wrong"));
     }
-    let scope: Vec<String> = match get("scope") {
+    let scope: Vec<String> = match scope.as_deref() {
         None => client.grants.iter().map(|p| p.as_str().to_string()).collect(),
         Some(s) => {
             let mut out = Vec::new();
@@ -518,6 +511,9 @@ mod tests {
     }
 
     use super::*;
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    use argon2::Argon2;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn basic_credentials_are_form_decoded() {

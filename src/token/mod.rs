@@ -6,6 +6,8 @@ pub mod endpoint;
 pub mod guard;
 pub mod keys;
 pub mod remote;
+pub mod secret;
+pub mod verifier;
 
 use std::sync::Arc;
 

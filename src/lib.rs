@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod rejection;
 pub mod reload;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod token;

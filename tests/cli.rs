@@ -238,7 +238,7 @@ fn create_api_key_prints_a_working_secret_and_stores_only_its_hash() {
     let secret = v["secret"].as_str().expect("secret").to_string();
     assert!(secret.starts_with("pcl_test_"), "sandbox keys are pcl_test_: {secret}");
     assert_eq!(secret.len(), "pcl_test_".len() + 43 + 6, "{secret}");
-    assert!(portcullis::cli::credentials::checksum_ok(&secret), "checksum of {secret}");
+    assert!(portcullis::store::secret::checksum_ok(&secret), "checksum of {secret}");
     assert!(secret["pcl_test_".len()..].bytes().all(|b| b.is_ascii_alphanumeric()));
     assert!(v["curl"].as_str().unwrap_or("").contains(&format!("x-api-key: {secret}")), "{v}");
     assert!(v["curl"].as_str().unwrap_or("").contains("/v1/vaults/VAULT_ID/balances"), "{v}");

@@ -33,14 +33,11 @@
 //! `previous_key_hashes` / `previous_secret_hashes` (`{hash, until}`), which the loader
 //! accepts and the request path and the token endpoint honour until `until`.
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::Months;
-use rand::rngs::OsRng;
-use rand::RngCore;
 use serde_json::json;
 use serde_json::Value;
 
@@ -50,6 +47,7 @@ use crate::config::validate::{
 };
 use crate::config::{self, CredentialStore, Environment, RouteTable};
 use crate::permission::{builtin_role, Permission, Scope, Target, BUILTIN_ROLES};
+use crate::store::file::{parent_dir, settle, FileStore, View};
 use crate::store::secret::{hash_secret, new_secret};
 use crate::store::span::{human_span, parse_span, rfc3339, span_secs, today};
 use crate::store::yaml::{date_scalar, flow_list, quoted, scalar};
@@ -246,13 +244,9 @@ struct MainInfo {
     routes: RouteTable,
 }
 
-/// The credentials file to work on.
+/// The credentials file to work on, and what the main config says about it.
 struct Location {
-    /// As the user named it (for messages).
-    shown: PathBuf,
-    /// The real file (symlinks resolved, so that a link is written through, not replaced).
-    real: PathBuf,
-    env: Environment,
+    store: FileStore,
     main: Option<MainInfo>,
 }
 
@@ -267,42 +261,11 @@ impl Location {
                 )
             }
         };
-        let real = match fs::canonicalize(&shown) {
-            Ok(p) => p,
-            Err(_) => {
-                // Not there yet (create makes it): resolve the directory instead.
-                let dir = parent_dir(&shown);
-                let dir = fs::canonicalize(&dir).map_err(|e| {
-                    format!(
-                        "{}: cannot use the directory {}: {e}",
-                        shown.display(),
-                        dir.display()
-                    )
-                })?;
-                dir.join(
-                    shown
-                        .file_name()
-                        .ok_or_else(|| format!("{} is not a file name", shown.display()))?,
-                )
-            }
-        };
-        Ok(Location {
-            shown,
-            real,
-            env,
-            main,
-        })
+        Ok(Location { store: FileStore::resolve(shown, env)?, main })
     }
 
     fn label(&self) -> String {
-        self.shown.display().to_string()
-    }
-}
-
-fn parent_dir(p: &Path) -> PathBuf {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+        self.store.label()
     }
 }
 
@@ -346,153 +309,6 @@ fn main_config(path: &Path) -> Res<(PathBuf, Environment, Option<MainInfo>)> {
         routes,
     };
     Ok((cred, env, Some(info)))
-}
-
-// ---------------------------------------------------------------------------------
-// Reading and writing.
-
-/// The file as read, parsed both ways.
-struct Current {
-    /// `None` when the file does not exist yet.
-    text: Option<String>,
-    raw: CredentialsRaw,
-    value: Value,
-}
-
-fn read_current(loc: &Location, must_exist: bool) -> Res<Current> {
-    let text = match fs::read_to_string(&loc.real) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => None,
-        Err(e) => return Err(format!("{}: cannot read: {e}", loc.label()).into()),
-    };
-    let body = text.as_deref().unwrap_or("");
-    // The loader's own parser, so the CLI reads a file exactly as the sidecar does.
-    let value: Value = if body.trim().is_empty() {
-        Value::Null
-    } else {
-        config::parse(&loc.shown, body).map_err(|e| e.to_string())?
-    };
-    if value.is_null() {
-        // Empty, or comments only: a file to add to.
-        return Ok(Current {
-            text,
-            raw: CredentialsRaw::default(),
-            value: Value::Object(Mapping::new()),
-        });
-    }
-    let raw: CredentialsRaw = config::parse(&loc.shown, body).map_err(|e| e.to_string())?;
-    Ok(Current { text, raw, value })
-}
-
-/// An exclusive lock on the file's directory, held for one read-modify-write.
-struct DirLock {
-    dir: File,
-    path: PathBuf,
-}
-
-fn lock_dir(loc: &Location) -> Res<DirLock> {
-    let path = parent_dir(&loc.real);
-    let dir = File::open(&path)
-        .map_err(|e| format!("cannot open the directory {}: {e}", path.display()))?;
-    dir.lock()
-        .map_err(|e| format!("cannot lock the directory {}: {e}", path.display()))?;
-    Ok(DirLock { dir, path })
-}
-
-/// Validates `new_text` as the sidecar would, then writes it atomically in place of the
-/// file read as `old`. Returns the validated store and the load's warnings.
-fn commit(
-    loc: &Location,
-    lock: &DirLock,
-    old: &Current,
-    new_text: &str,
-    now: i64,
-) -> Res<(CredentialStore, Vec<String>)> {
-    let validated =
-        config::credentials_from_text(&loc.shown, new_text, loc.env, now).map_err(|errs| {
-            format!(
-                "the change was not written: the sidecar would refuse the resulting file:\n{errs}"
-            )
-        })?;
-    write_atomic(loc, lock, old.text.as_deref(), new_text)
-        .map_err(|e| format!("cannot write {}: {e}; the file is unchanged", loc.label()))?;
-    Ok(validated)
-}
-
-fn write_atomic(
-    loc: &Location,
-    lock: &DirLock,
-    old: Option<&str>,
-    text: &str,
-) -> Result<(), String> {
-    let path = &loc.real;
-    let meta = fs::metadata(path).ok();
-    let mode = meta
-        .as_ref()
-        .map_or(0o600, |m| m.permissions().mode() & 0o7777);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = lock
-        .path
-        .join(format!(".{name}.{:08x}.tmp", OsRng.next_u32()));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| {
-            format!(
-                "cannot create a temporary file in {}: {e}",
-                lock.path.display()
-            )
-        })?;
-    let result = (|| {
-        f.write_all(text.as_bytes())
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        if let Some(m) = &meta {
-            // Keep the owner, so a sidecar running as another user can still read it.
-            // Only root may give a file away; for anyone else this is already the owner.
-            let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
-        }
-        f.sync_all()
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        // Someone (an editor, a deploy) changed the file since it was read: do not
-        // overwrite their change.
-        let now_text = fs::read_to_string(path).ok();
-        if now_text.as_deref() != old {
-            return Err(
-                "it was changed by someone else while this command ran; run the command again"
-                    .to_string(),
-            );
-        }
-        fs::rename(&tmp, path)
-            .map_err(|e| format!("cannot rename {} over it: {e}", tmp.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
-    }
-    lock.dir
-        .sync_all()
-        .map_err(|e| format!("written, but the directory could not be synced: {e}"))
-}
-
-/// Applies one change: `value` is the parsed document after the change, `text` the edited
-/// text (`None` when the text could not be edited in place). Returns the text to write and
-/// whether the comments were kept.
-fn settle(value: &Value, text: Option<String>) -> Res<(String, bool)> {
-    if let Some(t) = text {
-        if config::parse::<Value>(Path::new(""), &t).ok().as_ref() == Some(value) {
-            return Ok((t, true));
-        }
-    }
-    let t = serde_saphyr::to_string(value).map_err(|e| format!("cannot render the file: {e}"))?;
-    Ok((t, false))
 }
 
 fn note_comments_lost(loc: &Location, kept: bool) {
@@ -554,8 +370,8 @@ fn vlist(items: &[String]) -> Value {
 
 fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Write) -> Res<()> {
     let kind = c.kind;
-    let lock = lock_dir(loc)?;
-    let cur = read_current(loc, false)?;
+    let lock = loc.store.lock()?;
+    let cur = loc.store.read(false)?;
 
     // Checks that name the flag; the loader's validation of the whole file follows.
     let name = c.name.trim();
@@ -609,13 +425,13 @@ fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Write) -> Res<
     }
     for ip in &ips {
         let net = parse_net(ip).map_err(|e| format!("--allow-ip: {e}"))?;
-        if net.prefix_len() == 0 && loc.env == Environment::Production {
+        if net.prefix_len() == 0 && loc.store.env == Environment::Production {
             return Err(
                 format!("--allow-ip {ip}: in production no entry may allow every address").into(),
             );
         }
     }
-    if ips.is_empty() && loc.env == Environment::Production {
+    if ips.is_empty() && loc.store.env == Environment::Production {
         return Err("--allow-ip is required: in production every credential must list the addresses it may be used from".into());
     }
     if let Some(d) = &c.description {
@@ -640,7 +456,7 @@ fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Write) -> Res<
     }
     let expires = expiry_text(c, now)?;
 
-    let secret = new_secret(kind, loc.env);
+    let secret = new_secret(kind, loc.store.env);
     let hash = hash_secret(kind, &secret)?;
 
     // The entry, as text lines (key, value) and as the parsed value the loader will see.
@@ -680,7 +496,7 @@ fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Write) -> Res<
         .collect();
     let text = edit::append_item(cur.text.as_deref().unwrap_or(""), kind.section(), &pairs);
     let (new_text, kept) = settle(&value, text)?;
-    let (store, _) = commit(loc, &lock, &cur, &new_text, now)?;
+    let (store, _) = loc.store.commit(&lock, &cur, &new_text, now)?;
     drop(lock);
     note_comments_lost(loc, kept);
 
@@ -1029,8 +845,8 @@ impl<'a> Entry<'a> {
 
 
 /// Validates the file as it is, for `list`/`show`: warnings on stderr, never fatal.
-fn validated(loc: &Location, cur: &Current, now: i64) -> Option<CredentialStore> {
-    match config::credentials_from_text(&loc.shown, cur.text.as_deref().unwrap_or(""), loc.env, now)
+fn validated(loc: &Location, cur: &View, now: i64) -> Option<CredentialStore> {
+    match config::credentials_from_text(&loc.store.shown, cur.text.as_deref().unwrap_or(""), loc.store.env, now)
     {
         Ok((store, _)) => Some(store),
         Err(errs) => {
@@ -1044,7 +860,7 @@ fn validated(loc: &Location, cur: &Current, now: i64) -> Option<CredentialStore>
 }
 
 fn list(loc: &Location, output: Output, now: i64, out: &mut dyn Write) -> Res<()> {
-    let cur = read_current(loc, true)?;
+    let cur = loc.store.read(true)?;
     let _ = validated(loc, &cur, now);
     let users: Vec<String> = cur.raw.users.iter().map(|u| u.name.clone()).collect();
     let entries = Entry::all(&cur.raw);
@@ -1098,7 +914,7 @@ fn list(loc: &Location, output: Output, now: i64, out: &mut dyn Write) -> Res<()
 }
 
 fn show(loc: &Location, name: &str, output: Output, now: i64, out: &mut dyn Write) -> Res<()> {
-    let cur = read_current(loc, true)?;
+    let cur = loc.store.read(true)?;
     let store = validated(loc, &cur, now);
     let users: Vec<String> = cur.raw.users.iter().map(|u| u.name.clone()).collect();
     let entries = Entry::all(&cur.raw);
@@ -1193,7 +1009,7 @@ fn no_such(loc: &Location, name: &str) -> Failure {
 // disable, enable, delete, rotate
 
 /// Where `name` is: its kind and its index in its section.
-fn locate(cur: &Current, loc: &Location, name: &str) -> Res<(Kind, usize)> {
+fn locate(cur: &View, loc: &Location, name: &str) -> Res<(Kind, usize)> {
     if let Some(i) = cur.raw.clients.iter().position(|c| c.id == name) {
         return Ok((Kind::Client, i));
     }
@@ -1218,8 +1034,8 @@ fn set_disabled(
     now: i64,
     out: &mut dyn Write,
 ) -> Res<()> {
-    let lock = lock_dir(loc)?;
-    let cur = read_current(loc, true)?;
+    let lock = loc.store.lock()?;
+    let cur = loc.store.read(true)?;
     let (kind, idx) = locate(&cur, loc, name)?;
     let was = match kind {
         Kind::Client => cur.raw.clients[idx].disabled,
@@ -1246,7 +1062,7 @@ fn set_disabled(
         &[disabled.to_string()],
     );
     let (new_text, kept) = settle(&value, text)?;
-    commit(loc, &lock, &cur, &new_text, now)?;
+    loc.store.commit(&lock, &cur, &new_text, now)?;
     drop(lock);
     note_comments_lost(loc, kept);
     let effect = match (kind, disabled) {
@@ -1273,7 +1089,7 @@ fn set_disabled(
 }
 
 fn delete(loc: &Location, name: &str, yes: bool, now: i64, out: &mut dyn Write) -> Res<()> {
-    let cur = read_current(loc, true)?;
+    let cur = loc.store.read(true)?;
     let (kind, _) = locate(&cur, loc, name)?;
     if !yes {
         confirm(&format!(
@@ -1283,14 +1099,14 @@ fn delete(loc: &Location, name: &str, yes: bool, now: i64, out: &mut dyn Write) 
             if kind == Kind::Client { ", its tokens included" } else { "" }
         ))?;
     }
-    let lock = lock_dir(loc)?;
-    let cur = read_current(loc, true)?;
+    let lock = loc.store.lock()?;
+    let cur = loc.store.read(true)?;
     let (kind, idx) = locate(&cur, loc, name)?;
     let mut value = cur.value.clone();
     section_seq(&mut value, kind.section())?.remove(idx);
     let text = edit::remove_item(cur.text.as_deref().unwrap_or(""), kind.section(), idx);
     let (new_text, kept) = settle(&value, text)?;
-    commit(loc, &lock, &cur, &new_text, now)?;
+    loc.store.commit(&lock, &cur, &new_text, now)?;
     drop(lock);
     note_comments_lost(loc, kept);
     emit(
@@ -1342,8 +1158,8 @@ fn rotate(
             Some(now + secs)
         }
     };
-    let lock = lock_dir(loc)?;
-    let cur = read_current(loc, true)?;
+    let lock = loc.store.lock()?;
+    let cur = loc.store.read(true)?;
     let (kind, idx) = locate(&cur, loc, name)?;
     let (old_hash, previous) = match kind {
         Kind::Client => (
@@ -1366,7 +1182,7 @@ fn rotate(
         }
         keep.push((old_hash.clone(), rfc3339(until)));
     }
-    let secret = new_secret(kind, loc.env);
+    let secret = new_secret(kind, loc.store.env);
     let hash = hash_secret(kind, &secret)?;
 
     let mut value = cur.value.clone();
@@ -1409,7 +1225,7 @@ fn rotate(
             }
         });
     let (new_text, kept) = settle(&value, text)?;
-    let (store, _) = commit(loc, &lock, &cur, &new_text, now)?;
+    let (store, _) = loc.store.commit(&lock, &cur, &new_text, now)?;
     drop(lock);
     note_comments_lost(loc, kept);
 

@@ -39,7 +39,6 @@ use std::path::{Path, PathBuf};
 
 use chrono::Months;
 use serde_json::json;
-use serde_json::Value;
 
 use crate::config::raw::{ApiKeyRaw, ClientRaw, CredentialsRaw, MainRaw, PreviousHashRaw};
 use crate::config::validate::{
@@ -47,13 +46,10 @@ use crate::config::validate::{
 };
 use crate::config::{self, CredentialStore, Environment, RouteTable};
 use crate::permission::{builtin_role, Permission, Scope, Target, BUILTIN_ROLES};
-use crate::store::file::{parent_dir, settle, FileStore, View};
+use crate::store::file::{parent_dir, FileStore, View};
 use crate::store::secret::{hash_secret, new_secret};
 use crate::store::span::{human_span, parse_span, rfc3339, span_secs, today};
-use crate::store::yaml::{date_scalar, flow_list, quoted, scalar};
-use crate::store::{edit, Kind};
-
-type Mapping = serde_json::Map<String, Value>;
+use crate::store::{Change, Kind, NewEntry, Store};
 
 /// `portcullis credentials`: the file to work on, and what to do.
 #[derive(clap::Args, Debug)]
@@ -357,20 +353,11 @@ fn expiry_text(c: &CreateArgs, now: i64) -> Res<String> {
     Ok(text)
 }
 
-fn vstr(s: &str) -> Value {
-    Value::String(s.to_string())
-}
-
-fn vlist(items: &[String]) -> Value {
-    Value::Array(items.iter().map(|s| vstr(s)).collect())
-}
-
 // ---------------------------------------------------------------------------------
 // create
 
 fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Write) -> Res<()> {
     let kind = c.kind;
-    let lock = loc.store.lock()?;
     let cur = loc.store.read(false)?;
 
     // Checks that name the flag; the loader's validation of the whole file follows.
@@ -459,45 +446,19 @@ fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Write) -> Res<
     let secret = new_secret(kind, loc.store.env);
     let hash = hash_secret(kind, &secret)?;
 
-    // The entry, as text lines (key, value) and as the parsed value the loader will see.
-    let mut fields: Vec<(&str, String, Value)> = vec![
-        (kind.name_key(), scalar(name), vstr(name)),
-        (kind.hash_key(), quoted(&hash), vstr(&hash)),
-    ];
-    if let Some(u) = &c.user {
-        fields.push(("user", scalar(u), vstr(u)));
-    }
-    if !roles.is_empty() {
-        fields.push(("roles", flow_list(&roles), vlist(&roles)));
-    }
-    if !permissions.is_empty() {
-        fields.push(("permissions", flow_list(&permissions), vlist(&permissions)));
-    }
-    if !ips.is_empty() {
-        fields.push(("allowed_ips", flow_list(&ips), vlist(&ips)));
-    }
-    fields.push(("expires", date_scalar(&expires), vstr(&expires)));
-    if let Some(d) = &c.description {
-        fields.push(("description", quoted(d), vstr(d)));
-    }
-    if let Some(n) = &c.notes {
-        fields.push(("notes", quoted(n), vstr(n)));
-    }
-
-    let mut value = cur.value.clone();
-    let entry: Mapping = fields
-        .iter()
-        .map(|(k, _, v)| (k.to_string(), v.clone()))
-        .collect();
-    section_seq(&mut value, kind.section())?.push(Value::Object(entry));
-    let pairs: Vec<(String, String)> = fields
-        .iter()
-        .map(|(k, t, _)| (k.to_string(), t.clone()))
-        .collect();
-    let text = edit::append_item(cur.text.as_deref().unwrap_or(""), kind.section(), &pairs);
-    let (new_text, kept) = settle(&value, text)?;
-    let (store, _) = loc.store.commit(&lock, &cur, &new_text, now)?;
-    drop(lock);
+    let entry = NewEntry {
+        name: name.to_string(),
+        hash,
+        user: c.user.clone(),
+        roles,
+        permissions,
+        allowed_ips: ips,
+        expires: expires.clone(),
+        description: c.description.clone(),
+        notes: c.notes.clone(),
+    };
+    let applied = loc.store.apply(&Change::Create { kind, entry }, None, now)?;
+    let (store, kept) = (applied.store, applied.comments_kept);
     note_comments_lost(loc, kept);
 
     let grants: Vec<Permission> = store
@@ -570,22 +531,6 @@ fn find_kind(raw: &CredentialsRaw, name: &str) -> Option<Kind> {
     } else {
         None
     }
-}
-
-/// The top-level sequence `key` of the document, made if absent (or null).
-fn section_seq<'v>(doc: &'v mut Value, key: &str) -> Res<&'v mut Vec<Value>> {
-    if doc.is_null() {
-        *doc = Value::Object(Mapping::new());
-    }
-    let map = doc
-        .as_object_mut()
-        .ok_or("the credentials file is not a YAML mapping")?;
-    let slot = map.entry(key).or_insert(Value::Null);
-    if slot.is_null() {
-        *slot = Value::Array(Vec::new());
-    }
-    slot.as_array_mut()
-        .ok_or_else(|| format!("{key} is not a list").into())
 }
 
 /// A ready `curl` line: the token request for a client; for a key, a request to a route
@@ -1019,14 +964,6 @@ fn locate(cur: &View, loc: &Location, name: &str) -> Res<(Kind, usize)> {
     Err(no_such(loc, name))
 }
 
-/// The parsed entry at `idx` of `kind`'s section.
-fn entry_value(doc: &mut Value, kind: Kind, idx: usize) -> Res<&mut Mapping> {
-    section_seq(doc, kind.section())?
-        .get_mut(idx)
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| format!("{}: entry {idx} is not a mapping", kind.section()).into())
-}
-
 fn set_disabled(
     loc: &Location,
     name: &str,
@@ -1034,7 +971,6 @@ fn set_disabled(
     now: i64,
     out: &mut dyn Write,
 ) -> Res<()> {
-    let lock = loc.store.lock()?;
     let cur = loc.store.read(true)?;
     let (kind, idx) = locate(&cur, loc, name)?;
     let was = match kind {
@@ -1051,20 +987,8 @@ fn set_disabled(
             ),
         );
     }
-    let mut value = cur.value.clone();
-    entry_value(&mut value, kind, idx)?.insert("disabled".into(), Value::Bool(disabled));
-    let text = cur.text.as_deref().unwrap_or("");
-    let text = edit::set_key(
-        text,
-        kind.section(),
-        idx,
-        "disabled",
-        &[disabled.to_string()],
-    );
-    let (new_text, kept) = settle(&value, text)?;
-    loc.store.commit(&lock, &cur, &new_text, now)?;
-    drop(lock);
-    note_comments_lost(loc, kept);
+    let change = Change::SetDisabled { name: name.to_string(), disabled };
+    note_comments_lost(loc, loc.store.apply(&change, None, now)?.comments_kept);
     let effect = match (kind, disabled) {
         (Kind::ApiKey, true) => "the key is rejected at once".to_string(),
         (Kind::Client, true) => {
@@ -1099,16 +1023,8 @@ fn delete(loc: &Location, name: &str, yes: bool, now: i64, out: &mut dyn Write) 
             if kind == Kind::Client { ", its tokens included" } else { "" }
         ))?;
     }
-    let lock = loc.store.lock()?;
-    let cur = loc.store.read(true)?;
-    let (kind, idx) = locate(&cur, loc, name)?;
-    let mut value = cur.value.clone();
-    section_seq(&mut value, kind.section())?.remove(idx);
-    let text = edit::remove_item(cur.text.as_deref().unwrap_or(""), kind.section(), idx);
-    let (new_text, kept) = settle(&value, text)?;
-    loc.store.commit(&lock, &cur, &new_text, now)?;
-    drop(lock);
-    note_comments_lost(loc, kept);
+    let change = Change::Delete { name: name.to_string() };
+    note_comments_lost(loc, loc.store.apply(&change, None, now)?.comments_kept);
     emit(
         out,
         &format!("deleted {} {name:?} from {}\n", kind.label(), loc.label()),
@@ -1158,76 +1074,14 @@ fn rotate(
             Some(now + secs)
         }
     };
-    let lock = loc.store.lock()?;
     let cur = loc.store.read(true)?;
-    let (kind, idx) = locate(&cur, loc, name)?;
-    let (old_hash, previous) = match kind {
-        Kind::Client => (
-            &cur.raw.clients[idx].secret_hash,
-            &cur.raw.clients[idx].previous_secret_hashes,
-        ),
-        Kind::ApiKey => (
-            &cur.raw.api_keys[idx].key_hash,
-            &cur.raw.api_keys[idx].previous_key_hashes,
-        ),
-    };
-    // With an overlap, older secrets still inside their own overlap stay; without one,
-    // every old secret stops now (a rotation after a leak).
-    let mut keep: Vec<(String, String)> = Vec::new();
-    if let Some(until) = until {
-        for p in previous {
-            if parse_expires(&p.until).is_ok_and(|t| now < t) {
-                keep.push((p.hash.clone(), p.until.clone()));
-            }
-        }
-        keep.push((old_hash.clone(), rfc3339(until)));
-    }
+    let (kind, _) = locate(&cur, loc, name)?;
     let secret = new_secret(kind, loc.store.env);
     let hash = hash_secret(kind, &secret)?;
-
-    let mut value = cur.value.clone();
-    let entry = entry_value(&mut value, kind, idx)?;
-    entry.insert(kind.hash_key().into(), vstr(&hash));
-    let prev_key = kind.previous_key().to_string();
-    if keep.is_empty() {
-        entry.remove(&prev_key);
-    } else {
-        let list = keep
-            .iter()
-            .map(|(h, u)| {
-                Value::Object(
-                    [("hash".to_string(), vstr(h)), ("until".to_string(), vstr(u))]
-                        .into_iter()
-                        .collect(),
-                )
-            })
-            .collect();
-        entry.insert(prev_key, Value::Array(list));
-    }
-    let text = cur.text.as_deref().unwrap_or("");
-    let text = edit::set_key(text, kind.section(), idx, kind.hash_key(), &[quoted(&hash)])
-        .and_then(|t| {
-            if keep.is_empty() {
-                edit::remove_key(&t, kind.section(), idx, kind.previous_key())
-            } else {
-                let lines: Vec<String> = keep
-                    .iter()
-                    .map(|(h, u)| format!("  - {{hash: {}, until: {}}}", quoted(h), date_scalar(u)))
-                    .collect();
-                edit::set_key(
-                    &t,
-                    kind.section(),
-                    idx,
-                    kind.previous_key(),
-                    &[String::new()],
-                )
-                .and_then(|t| edit::set_block(&t, kind.section(), idx, kind.previous_key(), &lines))
-            }
-        });
-    let (new_text, kept) = settle(&value, text)?;
-    let (store, _) = loc.store.commit(&lock, &cur, &new_text, now)?;
-    drop(lock);
-    note_comments_lost(loc, kept);
+    let change = Change::Rotate { name: name.to_string(), hash, overlap_until: until };
+    let applied = loc.store.apply(&change, None, now)?;
+    note_comments_lost(loc, applied.comments_kept);
+    let store = applied.store;
 
     let grants: Vec<Permission> = store
         .all

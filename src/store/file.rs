@@ -13,6 +13,8 @@ use rand::RngCore;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::change::{self, Change};
+use super::Store;
 use crate::config::raw::CredentialsRaw;
 use crate::config::{self, CredentialStore, Environment};
 
@@ -60,7 +62,7 @@ pub struct FileStore {
 }
 
 /// An exclusive lock on the file's directory, held for one read-modify-write.
-pub struct Lock {
+struct Lock {
     dir: File,
     path: PathBuf,
 }
@@ -117,7 +119,7 @@ impl FileStore {
     }
 
     /// Locks the file's directory for one read-modify-write.
-    pub fn lock(&self) -> Result<Lock, String> {
+    fn lock(&self) -> Result<Lock, String> {
         let path = parent_dir(&self.real);
         let dir = File::open(&path).map_err(|e| format!("cannot open the directory {}: {e}", path.display()))?;
         dir.lock().map_err(|e| format!("cannot lock the directory {}: {e}", path.display()))?;
@@ -126,7 +128,7 @@ impl FileStore {
 
     /// Validates `new_text` as the sidecar would, then writes it atomically in place of
     /// the version `old` was read at. Returns the validated store and the load's warnings.
-    pub fn commit(
+    fn commit(
         &self,
         lock: &Lock,
         old: &View,
@@ -178,6 +180,40 @@ impl FileStore {
     }
 }
 
+/// What a write did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The credentials as the loader now reads them.
+    pub store: CredentialStore,
+    /// The load's warnings.
+    pub warnings: Vec<String>,
+    /// The file was edited in place (comments and layout kept), not re-rendered.
+    pub comments_kept: bool,
+    /// The version written.
+    pub version: Version,
+}
+
+impl Store for FileStore {
+    fn load(&self) -> Result<(CredentialsRaw, Version), String> {
+        self.read(false).map(|v| (v.raw, v.version))
+    }
+
+    /// Under the directory lock: reads the file, refuses a stale `expected` version,
+    /// applies the change, validates the result as the loader would, and writes it
+    /// atomically.
+    fn apply(&self, change: &Change, expected: Option<Version>, now: i64) -> Result<Applied, String> {
+        let lock = self.lock()?;
+        let view = self.read(!matches!(change, Change::Create { .. }))?;
+        if expected.is_some_and(|v| v != view.version) {
+            return Err(format!("{} changed since it was read (stale version); read it again", self.label()));
+        }
+        let (value, text) = change::apply(&view, change, now)?;
+        let (new_text, comments_kept) = settle(&value, text)?;
+        let (store, warnings) = self.commit(&lock, &view, &new_text, now)?;
+        Ok(Applied { store, warnings, comments_kept, version: Version::of(Some(&new_text)) })
+    }
+}
+
 /// The text to write for one change: `value` is the parsed document after the change,
 /// `text` the edited text (`None` when it could not be edited in place). The edited text
 /// is kept (comments and all) when it parses to exactly `value`; otherwise the document is
@@ -225,5 +261,32 @@ mod tests {
         assert!(e.contains("would refuse"), "{e}");
         assert_eq!(fs::read_to_string(&path).unwrap(), theirs);
         assert!(v2.version.etag().starts_with('"'));
+    }
+
+    #[test]
+    fn applies_typed_changes_and_refuses_a_stale_expected_version() {
+        use super::super::change::NewEntry;
+        use super::super::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::resolve(dir.path().join("credentials.yaml"), Environment::Sandbox).unwrap();
+        fs::write(&store.real, format!("# keep me\n{FILE}")).unwrap();
+        let (_, v0) = store.load().unwrap();
+        let hash = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let entry = NewEntry { name: "new".into(), hash: hash.into(), permissions: vec!["balances:read".into()], expires: "2099-01-01".into(), ..Default::default() };
+        let a = store.apply(&Change::Create { kind: Kind::ApiKey, entry }, Some(v0), 0).unwrap();
+        assert!(a.comments_kept);
+        assert!(a.store.all.iter().any(|c| &*c.id == "new"));
+        assert!(fs::read_to_string(&store.real).unwrap().starts_with("# keep me\n"));
+        // v0 is stale now.
+        let e = store.apply(&Change::Delete { name: "k".into() }, Some(v0), 0).unwrap_err();
+        assert!(e.contains("stale"), "{e}");
+        let a = store.apply(&Change::SetDisabled { name: "k".into(), disabled: true }, Some(a.version), 0).unwrap();
+        assert!(a.store.all.iter().find(|c| &*c.id == "k").unwrap().disabled);
+        let a = store.apply(&Change::Rotate { name: "k".into(), hash: hash.replace('1', "2"), overlap_until: Some(3600) }, None, 0).unwrap();
+        assert_eq!(a.store.previous_key_hashes.len(), 1, "the old hash works until the overlap ends");
+        store.apply(&Change::Delete { name: "k".into() }, Some(a.version), 0).unwrap();
+        let (raw, _) = store.load().unwrap();
+        assert_eq!(raw.api_keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["new"]);
+        assert!(store.apply(&Change::Delete { name: "gone".into() }, None, 0).unwrap_err().contains("no client or API key"));
     }
 }

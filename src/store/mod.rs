@@ -2,8 +2,8 @@
 //! to change credentials. So far: the file backend (a versioned read; a locked, atomic,
 //! validated write that refuses a stale version), the kinds of credential, new secrets and
 //! their hashes, time spans, YAML scalars, and the format-preserving text editor of the
-//! credentials file. The CLI (`cli::credentials`) builds each change from these; typed
-//! changes behind a backend trait (for SPEC §10's PostgreSQL store) are the next step.
+//! credentials file, and the typed [`Change`]s that every write goes through ([`Store`]).
+pub mod change;
 pub mod edit;
 pub mod file;
 pub mod kind;
@@ -11,4 +11,16 @@ pub mod secret;
 pub mod span;
 pub mod yaml;
 
+pub use change::{Change, NewEntry};
+pub use file::{Applied, FileStore, Version};
 pub use kind::Kind;
+
+/// A credential store: the file today, PostgreSQL (SPEC §10) behind the same trait next.
+/// Every writer (the CLI, the management API) changes credentials only through `apply`.
+pub trait Store {
+    /// A consistent view of every credential, with its version.
+    fn load(&self) -> Result<(crate::config::raw::CredentialsRaw, Version), String>;
+    /// Applies one change, validated as the loader would, if the store is still at
+    /// `expected` (a stale version is refused; `None`: whatever is current).
+    fn apply(&self, change: &Change, expected: Option<Version>, now: i64) -> Result<Applied, String>;
+}

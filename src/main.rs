@@ -101,14 +101,13 @@ fn keygen(out: &std::path::Path, alg: &str, force: bool) -> Result<String, Strin
 
 fn serve(path: PathBuf) -> ExitCode {
     portcullis::telemetry::init_logging();
-    let mut snap = match config::load(&path, config::unix_now()) {
+    let snap = match config::load_for_serving(&path, config::unix_now()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("portcullis: cannot start: the config is not valid\n{e}");
             return ExitCode::from(2);
         }
     };
-    portcullis::token::remote::attach(&mut snap, portcullis::token::remote::FIRST_FETCH_WAIT);
     for w in &snap.warnings {
         tracing::warn!(warning = %w, "config warning");
     }

@@ -296,10 +296,14 @@ impl ProxyHttp for Portcullis {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let s = &ctx.snap.settings;
+        // Always an address here: the server resolves a name before it serves a snapshot.
+        let Some(upstream) = s.upstream.addr() else {
+            return Error::e_explain(ConnectError, "the upstream's name was not resolved");
+        };
         let mut peer = match &s.upstream_tls {
-            None => HttpPeer::new(s.upstream, false, String::new()),
+            None => HttpPeer::new(upstream, false, String::new()),
             Some(t) => {
-                let mut p = HttpPeer::new(s.upstream, true, t.sni.clone());
+                let mut p = HttpPeer::new(upstream, true, t.sni.clone());
                 p.options.verify_cert = t.verify;
                 p.options.verify_hostname = t.verify;
                 p.options.ca = t.ca.clone();
@@ -326,7 +330,7 @@ impl ProxyHttp for Portcullis {
         };
         if upstream_request.headers.get(http::header::HOST).is_none() {
             // An HTTP/1.0 request without Host goes out with the upstream's host:port.
-            upstream_request.insert_header("host", ctx.snap.settings.upstream.to_string())?;
+            upstream_request.insert_header("host", ctx.snap.settings.upstream_text.as_str())?;
         }
         let stripped = pipeline::rewrite::rewrite(upstream_request, permit, &ctx.request_id, peer_ip(session))?;
         if !stripped.is_empty() {

@@ -7,7 +7,9 @@ use crate::config::{self, CredentialKind, Snapshot};
 /// Runs the check; returns the process exit code (0 = valid; 1 = errors, or warnings
 /// with `strict`).
 pub fn run(path: &Path, strict: bool, out: &mut dyn Write) -> i32 {
-    match config::load(path, config::unix_now()) {
+    // Validation, then the one look-up a server would make before serving (the
+    // upstream's name); the JWKS URLs are not fetched.
+    match config::load(path, config::unix_now()).and_then(|mut s| config::resolve(&mut s).map(|()| s)) {
         Err(errs) => {
             let _ = writeln!(out, "{errs}");
             let _ = writeln!(out, "config is NOT valid: {} error(s)", errs.0.len());

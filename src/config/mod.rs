@@ -90,6 +90,34 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
     }
 }
 
+/// Resolves the upstream's host name (the one side effect of a load that the proxy needs
+/// before it serves: validation itself does no I/O). An error names the main config.
+pub fn resolve(snap: &mut Snapshot) -> Result<(), ConfigErrors> {
+    use std::net::ToSocketAddrs;
+    if let UpstreamAddr::Name(host, port) = &snap.settings.upstream {
+        let found = (host.as_str(), *port).to_socket_addrs().ok().and_then(|mut a| a.next());
+        match found {
+            Some(a) => snap.settings.upstream = UpstreamAddr::Resolved(a),
+            None => {
+                let file = snap.files.first().cloned().unwrap_or_default();
+                let msg = format!("upstream {:?} does not resolve", snap.settings.upstream_text);
+                return Err(ConfigErrors(vec![ConfigError::new(&file, None, msg)]));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the config at `path` for serving: [`load`], then the side effects a running
+/// server needs, in order: the upstream's name resolved, and the fetchers of the external
+/// issuers' `jwks_url`s attached (their first fetch awaited briefly).
+pub fn load_for_serving(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
+    let mut snap = load(path, now)?;
+    resolve(&mut snap)?;
+    crate::token::remote::attach(&mut snap, crate::token::remote::FIRST_FETCH_WAIT);
+    Ok(snap)
+}
+
 /// Parses and validates the text of a credentials file exactly as [`load`] does, for
 /// environment `env` at `now` (unix seconds); `path` names the file in errors. Returns the
 /// store and its warnings, or every error found. `credentials` commands validate a file
@@ -117,4 +145,42 @@ pub fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with_upstream(upstream: &str) -> Result<Snapshot, ConfigErrors> {
+        let dir = tempfile::tempdir().unwrap();
+        let main = format!(
+            "listen: \"127.0.0.1:18080\"\nupstream: \"{upstream}\"\nadmin_listen: \"127.0.0.1:19901\"\n\
+             environment: sandbox\ncredentials_file: credentials.yaml\nroutes: []\n"
+        );
+        std::fs::write(dir.path().join("portcullis.yaml"), main).unwrap();
+        std::fs::write(dir.path().join("credentials.yaml"), "api_keys: []\n").unwrap();
+        load(&dir.path().join("portcullis.yaml"), 0)
+    }
+
+    /// Validation does no DNS: a name is checked for form and resolved only by `resolve`.
+    #[test]
+    fn allows_an_upstream_name_unresolved_and_resolves_it_after() {
+        let mut snap = load_with_upstream("no-such-host.invalid:8080").expect("no look-up in validation");
+        assert_eq!(snap.settings.upstream, UpstreamAddr::Name("no-such-host.invalid".into(), 8080));
+        let e = resolve(&mut snap).unwrap_err();
+        assert!(e.to_string().contains("does not resolve"), "{e}");
+        let mut snap = load_with_upstream("localhost:8080").unwrap();
+        resolve(&mut snap).expect("localhost resolves");
+        assert_eq!(snap.settings.upstream.addr().map(|a| a.port()), Some(8080));
+        let snap = load_with_upstream("127.0.0.1:9").unwrap();
+        assert_eq!(snap.settings.upstream, UpstreamAddr::Resolved("127.0.0.1:9".parse().unwrap()));
+    }
+
+    #[test]
+    fn denies_an_upstream_that_is_not_a_host_and_port() {
+        for bad in ["no port", "host:", "host:0", "host:99999", "-bad-.example:80", "a b:80", "http://x:80"] {
+            let e = load_with_upstream(bad).unwrap_err();
+            assert!(e.to_string().contains("is not an ip:port or a host:port"), "{bad}: {e}");
+        }
+    }
 }

@@ -40,8 +40,9 @@ impl Mode {
 pub struct Settings {
     pub listen: String,
     pub admin_listen: String,
-    /// The protected API, resolved at load time.
-    pub upstream: SocketAddr,
+    /// The protected API: an address, or a name that [`crate::config::resolve`] turns
+    /// into one after a load succeeded (never validation itself).
+    pub upstream: UpstreamAddr,
     /// As written in config (`host:port`), for messages.
     pub upstream_text: String,
     pub environment: Environment,
@@ -53,6 +54,24 @@ pub struct Settings {
     /// TLS on the listener; the certificate is served from the current snapshot.
     pub tls: Option<crate::tls::ListenerTls>,
     pub upstream_tls: Option<crate::tls::UpstreamTls>,
+}
+
+/// Where the protected API is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    Resolved(SocketAddr),
+    /// A host name and port, not resolved yet.
+    Name(String, u16),
+}
+
+impl UpstreamAddr {
+    /// The address to connect to; a name not resolved yet has none.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            UpstreamAddr::Resolved(a) => Some(*a),
+            UpstreamAddr::Name(..) => None,
+        }
+    }
 }
 
 impl Settings {

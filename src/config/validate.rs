@@ -1,6 +1,6 @@
 //! Raw structs → [`Snapshot`], reporting every error with its file and line.
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +85,21 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
 }
 
+/// `upstream` as an address, or as a name and port still to be resolved.
+fn upstream_target(text: &str) -> Option<UpstreamAddr> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Some(UpstreamAddr::Resolved(a));
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    (host.len() <= 253 && host.split('.').all(label_ok)).then(|| UpstreamAddr::Name(host.to_string(), port))
+}
+
 /// Parses a client's `secret_hash`: a `$argon2id$` PHC string or `sha256:<64 hex>`.
 /// The error completes a sentence that starts with the field's name.
 pub fn parse_secret_hash(s: &str) -> Result<SecretHash, String> {
@@ -150,14 +165,13 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         sink.err(line, format!("admin_listen {admin_listen:?} is not an address:port"));
         ok = false;
     }
-    let upstream_addr = match upstream.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(a)) => Some(a),
-        _ => {
+    // No DNS here (validation does no I/O): an address is taken as it is, a name is
+    // checked for form and resolved after the load succeeded (`config::resolve`).
+    let upstream_addr = match upstream_target(upstream) {
+        Some(a) => Some(a),
+        None => {
             let line = sink.loc.top_key("upstream");
-            sink.err(
-                line,
-                format!("upstream {upstream:?} is not a host:port that resolves"),
-            );
+            sink.err(line, format!("upstream {upstream:?} is not an ip:port or a host:port"));
             None
         }
     };

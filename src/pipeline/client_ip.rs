@@ -56,7 +56,7 @@ mod tests {
         Settings {
             listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
-            upstream: "127.0.0.1:1".parse().unwrap(),
+            upstream: crate::config::UpstreamAddr::Resolved("127.0.0.1:1".parse().unwrap()),
             upstream_text: String::new(),
             environment: Environment::Sandbox,
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),

@@ -124,17 +124,18 @@ impl ReloadResult {
 /// error with its file and line on failure. Callers must not run two at once on the
 /// same `shared` (the later `store` would win); [`Reloader`] serializes its calls.
 pub fn reload_now(config_path: &Path, shared: &Shared, trigger: Trigger, now: i64) -> ReloadResult {
+    let failed = |errors: ConfigErrors| {
+        tracing::error!(
+            trigger = %trigger,
+            errors = %errors,
+            count = errors.0.len(),
+            "config reload failed; the last good config keeps serving"
+        );
+        ReloadResult::Failed(errors)
+    };
     let mut new = match config::load(config_path, now) {
         Ok(snap) => snap,
-        Err(errors) => {
-            tracing::error!(
-                trigger = %trigger,
-                errors = %errors,
-                count = errors.0.len(),
-                "config reload failed; the last good config keeps serving"
-            );
-            return ReloadResult::Failed(errors);
-        }
+        Err(errors) => return failed(errors),
     };
     let old = shared.load_full();
     if new.content_hash == old.content_hash {
@@ -146,9 +147,12 @@ pub fn reload_now(config_path: &Path, shared: &Shared, trigger: Trigger, now: i6
         }
         return ReloadResult::Unchanged;
     }
-    // Side effects only for a load that will serve: fetchers for its `jwks_url`s (a
-    // kept issuer reuses its running fetcher; one that left the config stops with the
-    // old snapshot).
+    // Side effects only for a load that will serve: the upstream's name resolved, and
+    // fetchers for its `jwks_url`s (a kept issuer reuses its running fetcher; one that
+    // left the config stops with the old snapshot).
+    if let Err(errors) = config::resolve(&mut new) {
+        return failed(errors);
+    }
     crate::token::remote::attach(&mut new, crate::token::remote::FIRST_FETCH_WAIT);
     let needs_restart = keep_startup_settings(&old.settings, &mut new.settings);
     let diff = diff(&old, &new);

@@ -22,10 +22,7 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::config::{
-    self, Credential, CredentialKind, Environment, Mode, RouteMatch, RouteTable, SecretHash,
-    Snapshot,
-};
+use crate::config::{self, Credential, CredentialKind, Environment, Mode, RouteMatch, RouteTable, Snapshot};
 use crate::permission::{Mismatch, Permission, Requirement, Scope, TypeSel};
 use crate::pipeline::{self, sanity, RequestView};
 use crate::rejection::{Reason, Rejection};
@@ -536,7 +533,7 @@ fn decide(
     let mut headers = HeaderMap::new();
     match cred.kind {
         CredentialKind::ApiKey => {
-            snap.credentials.by_key_hash.insert(hash, cred.clone());
+            snap.credentials.add_probe_secret(cred, hash);
             if let Ok(v) = HeaderValue::from_str(&probe) {
                 headers.insert("x-api-key", v);
             }
@@ -551,9 +548,7 @@ fn decide(
             else {
                 return Verdict::NoTokens;
             };
-            let mut c = (**cred).clone();
-            c.secret = Some(SecretHash::Sha256(hash));
-            snap.credentials.clients.insert(c.id.clone(), Arc::new(c));
+            snap.credentials.add_probe_secret(cred, hash);
             let body = form_urlencoded::Serializer::new(String::new())
                 .append_pair("grant_type", "client_credentials")
                 .append_pair("client_id", &format!("{prefix}{}", cred.id))

@@ -110,19 +110,22 @@ fn peer_ip(session: &Session) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
-/// The request-target exactly as the HTTP/1 request line carried it: the bytes between
-/// the first and the last space. pingora's parser drops a `#fragment` and re-encodes raw
-/// spaces and control bytes before the target reaches us; SPEC §5 step 2 wants both
-/// refused, not rewritten, so sanity sees these bytes. `None` on HTTP/2 (no request line).
+/// The request-target as the HTTP/1 request line carried it: the bytes between the first
+/// and the last space (leading blank lines skipped, as the parser skips them). pingora's
+/// parser drops a `#fragment` from the target it hands on; this keeps it, so sanity
+/// refuses it as SPEC §5 step 2 asks. (pingora percent-encodes raw spaces and control
+/// bytes in the line itself before we see it: docs/hardening.md.) `None` on HTTP/2.
 fn request_line_target(session: &Session) -> Option<bytes::Bytes> {
     let raw = session.as_downstream().as_http1()?.get_headers_raw_bytes();
-    let mut end = raw.iter().position(|b| *b == b'\n').unwrap_or(raw.len());
-    if end > 0 && raw[end - 1] == b'\r' {
+    let start = raw.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(raw.len());
+    let line = &raw[start..];
+    let mut end = line.iter().position(|b| *b == b'\n').unwrap_or(line.len());
+    if end > 0 && line[end - 1] == b'\r' {
         end -= 1;
     }
-    let first = raw[..end].iter().position(|b| *b == b' ')?;
-    let last = raw[..end].iter().rposition(|b| *b == b' ')?;
-    (last > first).then(|| raw.slice(first + 1..last))
+    let first = line[..end].iter().position(|b| *b == b' ')?;
+    let last = line[..end].iter().rposition(|b| *b == b' ')?;
+    (last > first).then(|| raw.slice(start + first + 1..start + last))
 }
 
 /// Writes a rejection as the whole response.
@@ -262,9 +265,18 @@ impl ProxyHttp for Portcullis {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let peer = peer_ip(session);
+        let line_target = request_line_target(session);
         let req = session.req_header();
-        if let Some(which) = endpoint::which(&ctx.snap, &req.method, req.raw_path()) {
-            return self.own_endpoint(session, ctx, which, peer).await;
+        let target = line_target.as_deref().unwrap_or_else(|| req.raw_path());
+        // Our own endpoints are recognised on the normalized path, as routes are: a
+        // `/oauth/%74oken` must not slip past the token endpoint to the upstream. CONNECT
+        // and malformed targets go to `decide`, which refuses them.
+        if req.method != http::Method::CONNECT {
+            if let Ok(path) = pipeline::sanity::check_target(target) {
+                if let Some(which) = endpoint::which(&ctx.snap, &req.method, path.as_bytes()) {
+                    return self.own_endpoint(session, ctx, which, peer).await;
+                }
+            }
         }
         // RFC 9112 §3.2: one well-formed Host, required on HTTP/1.1 (SPEC §5 step 2).
         if let Err(rej) = pipeline::sanity::check_host(&req.headers, req.version == http::Version::HTTP_11) {
@@ -272,7 +284,6 @@ impl ProxyHttp for Portcullis {
             ctx.fate = Fate::Refused(rej);
             return Ok(true);
         }
-        let line_target = request_line_target(session);
         let req = session.req_header();
         let view = RequestView {
             method: &req.method,

@@ -567,3 +567,42 @@ fn a_client_hang_up_is_audited_as_client_closed() {
         "no client_closed outcome in /metrics:\n{metrics}"
     );
 }
+
+/// The sidecar's own endpoints are recognised on the normalized path, like routes: an
+/// encoded letter does not carry a client secret past the token endpoint to the upstream.
+/// A CONNECT to the token path is a CONNECT (405 `method_not_allowed`).
+#[test]
+fn own_endpoints_are_matched_on_the_normalized_path() {
+    let up = Upstream::start();
+    let routes = "  - match: \"* /{*rest}\"\n    public: true\n";
+    let secret = new_key();
+    let p = token_proxy(up.addr, &secret, "", routes);
+    let marker = new_marker();
+    let body = format!("grant_type=client_credentials&client_id=svc&client_secret={secret}");
+    let len = body.len().to_string();
+    let mut raw = request(
+        "POST",
+        "/oauth/%74oken",
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("Content-Length", &len), ("x-test-marker", &marker)],
+    );
+    raw.extend_from_slice(body.as_bytes());
+    let r = p.send(&raw);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(r.json()["access_token"].is_string(), "the sidecar answered: {}", r.body_text());
+    let r = p.send(&request("GET", "/.well-known/%6Awks.json", &[("x-test-marker", &marker)]));
+    assert!(r.json()["keys"].is_array(), "{}", r.body_text());
+    assert!(up.with_marker(&marker).is_empty(), "an own endpoint's request reached the upstream");
+    let r = p.send(b"CONNECT /oauth/token HTTP/1.1\r\nHost: api\r\n\r\n");
+    assert_error(&r, 405, Some("method_not_allowed"));
+}
+
+/// A blank line before the request line (which the parser skips) does not hide a fragment.
+#[test]
+fn a_leading_blank_line_does_not_hide_a_fragment() {
+    let up = Upstream::start();
+    let p = token_proxy(up.addr, &new_key(), "", ROUTES);
+    let r = p.send(b"\r\nGET /public/x#frag HTTP/1.1\r\nHost: api\r\n\r\n");
+    assert_error(&r, 400, Some("invalid_request"));
+    let r = p.send(b"\r\nGET /public/x HTTP/1.1\r\nHost: api\r\n\r\n");
+    assert_eq!(Echo::from(&r).target, "/public/x");
+}

@@ -457,6 +457,8 @@ fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Write) -> Res<
         description: c.description.clone(),
         notes: c.notes.clone(),
     };
+    // Any version: concurrent creates all land (the lock serializes them, and the loader's
+    // validation under it refuses a name taken in between).
     let applied = loc.store.apply(&Change::Create { kind, entry }, None, now)?;
     let (store, kept) = (applied.store, applied.comments_kept);
     note_comments_lost(loc, kept);
@@ -988,7 +990,7 @@ fn set_disabled(
         );
     }
     let change = Change::SetDisabled { name: name.to_string(), disabled };
-    note_comments_lost(loc, loc.store.apply(&change, None, now)?.comments_kept);
+    note_comments_lost(loc, loc.store.apply(&change, Some(cur.version), now)?.comments_kept);
     let effect = match (kind, disabled) {
         (Kind::ApiKey, true) => "the key is rejected at once".to_string(),
         (Kind::Client, true) => {
@@ -1024,7 +1026,7 @@ fn delete(loc: &Location, name: &str, yes: bool, now: i64, out: &mut dyn Write) 
         ))?;
     }
     let change = Change::Delete { name: name.to_string() };
-    note_comments_lost(loc, loc.store.apply(&change, None, now)?.comments_kept);
+    note_comments_lost(loc, loc.store.apply(&change, Some(cur.version), now)?.comments_kept);
     emit(
         out,
         &format!("deleted {} {name:?} from {}\n", kind.label(), loc.label()),
@@ -1079,7 +1081,7 @@ fn rotate(
     let secret = new_secret(kind, loc.store.env);
     let hash = hash_secret(kind, &secret)?;
     let change = Change::Rotate { name: name.to_string(), hash, overlap_until: until };
-    let applied = loc.store.apply(&change, None, now)?;
+    let applied = loc.store.apply(&change, Some(cur.version), now)?;
     note_comments_lost(loc, applied.comments_kept);
     let store = applied.store;
 

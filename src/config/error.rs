@@ -9,6 +9,8 @@ pub struct ConfigError {
     pub line: Option<usize>,
     pub column: Option<usize>,
     pub message: String,
+    /// Not the files' fault (a DNS look-up failed): worth retrying with the same bytes.
+    pub transient: bool,
 }
 
 impl ConfigError {
@@ -18,6 +20,7 @@ impl ConfigError {
             line,
             column: None,
             message: message.into(),
+            transient: false,
         }
     }
 
@@ -33,6 +36,7 @@ impl ConfigError {
             line: loc.map(|l| l.line() as usize),
             column: loc.map(|l| l.column() as usize),
             message: msg,
+            transient: false,
         }
     }
 }

@@ -101,7 +101,7 @@ pub fn resolve(snap: &mut Snapshot) -> Result<(), ConfigErrors> {
             None => {
                 let file = snap.files.first().cloned().unwrap_or_default();
                 let msg = format!("upstream {:?} does not resolve", snap.settings.upstream_text);
-                return Err(ConfigErrors(vec![ConfigError::new(&file, None, msg)]));
+                return Err(ConfigErrors(vec![ConfigError { transient: true, ..ConfigError::new(&file, None, msg) }]));
             }
         }
     }
@@ -169,6 +169,7 @@ mod tests {
         assert_eq!(snap.settings.upstream, UpstreamAddr::Name("no-such-host.invalid".into(), 8080));
         let e = resolve(&mut snap).unwrap_err();
         assert!(e.to_string().contains("does not resolve"), "{e}");
+        assert!(e.0[0].transient, "a failed look-up is retried at the next poll");
         let mut snap = load_with_upstream("localhost:8080").unwrap();
         resolve(&mut snap).expect("localhost resolves");
         assert_eq!(snap.settings.upstream.addr().map(|a| a.port()), Some(8080));

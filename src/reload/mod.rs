@@ -153,7 +153,9 @@ pub fn reload_now(config_path: &Path, shared: &Shared, trigger: Trigger, now: i6
     if let Err(errors) = config::resolve(&mut new) {
         return failed(errors);
     }
-    crate::token::remote::attach(&mut new, crate::token::remote::FIRST_FETCH_WAIT);
+    // A short wait only: the reload's other changes (a key disabled after a leak) must not
+    // wait long on a slow IdP; the fetcher fills its keys in the background.
+    crate::token::remote::attach(&mut new, crate::token::remote::RELOAD_FETCH_WAIT);
     let needs_restart = keep_startup_settings(&old.settings, &mut new.settings);
     let diff = diff(&old, &new);
     for w in &new.warnings {

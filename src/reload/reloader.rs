@@ -81,7 +81,10 @@ impl Reloader {
     /// load makes the next check differ and load again: a change is never skipped.
     fn attempt(&self, state: &mut State, trigger: Trigger, fingerprint: [u8; 32]) -> ReloadResult {
         let result = reload_now(&self.config_path, &self.shared, trigger, config::unix_now());
-        state.fingerprint = Some(fingerprint);
+        // A failure that is not the files' fault (DNS) is retried at the next poll even
+        // though the bytes are the same; any other is reported once per content.
+        let transient = matches!(&result, ReloadResult::Failed(e) if e.0.iter().any(|e| e.transient));
+        state.fingerprint = if transient { None } else { Some(fingerprint) };
         state.also_watch = match &result {
             ReloadResult::Failed(errors) => errors.0.iter().map(|e| e.file.clone()).collect(),
             _ => Vec::new(),

@@ -19,8 +19,10 @@ use super::keys::{parse_jwks, VerifyKey};
 
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(300);
 pub const MIN_REFETCH: Duration = Duration::from_secs(10);
-/// How long a start or a reload waits in all for the first fetch of new fetchers.
+/// How long a start waits in all for the first fetch of its fetchers.
 pub const FIRST_FETCH_WAIT: Duration = Duration::from_secs(2);
+/// How long a reload waits in all for the first fetch of fetchers it adds.
+pub const RELOAD_FETCH_WAIT: Duration = Duration::from_millis(300);
 /// Largest JWKS document accepted.
 pub const MAX_JWKS_BYTES: u64 = 1024 * 1024;
 

@@ -39,7 +39,11 @@ fn worker(rx: Arc<Mutex<Receiver<Job>>>) {
             Err(_) => return,
         };
         match job {
-            Ok(job) => job(),
+            // A panicking job drops its reply sender (its caller answers server_error)
+            // and must not take the thread with it.
+            Ok(job) => {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
             Err(_) => return,
         }
     }
@@ -72,6 +76,13 @@ pub async fn run<T: Send + 'static>(threads: usize, f: impl FnOnce() -> T + Send
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_job_answers_none_and_the_threads_live_on() {
+        let r: Option<()> = run(1, || panic!("a bug in a verification")).await;
+        assert!(r.is_none());
+        assert_eq!(run(1, || 7).await, Some(7), "the pool still runs jobs");
+    }
 
     #[tokio::test]
     async fn runs_jobs_on_a_few_lower_priority_threads() {

@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use prometheus::{
     Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -178,17 +177,31 @@ struct KnownCredential {
     last_used: Gauge,
 }
 
-/// The label values the current snapshot allows, rebuilt by [`Metrics::on_snapshot`]
-/// and read lock-free per request.
+/// The label values a snapshot allows, kept in that snapshot (`Snapshot::metric_labels`):
+/// a request records its metrics with the labels of the very snapshot it was decided by,
+/// so there is no second copy that could disagree with it. Built once per snapshot
+/// ([`Metrics::labels`]), with the last-use gauges pre-resolved.
 ///
-/// Could be cached here later, per snapshot, to save the label hashing that
-/// `with_label_values` does per request: the `requests_total` and
-/// `request_duration_seconds` children per route (and per route × credential, if that
-/// product stays small). Today only the last-use gauges are pre-resolved.
+/// Could also cache the `requests_total` and `request_duration_seconds` children per
+/// route (and per route × credential, if that product stays small).
 #[derive(Default)]
-struct Labels {
+pub struct Labels {
     routes: HashSet<Arc<str>>,
     credentials: HashMap<Arc<str>, KnownCredential>,
+}
+
+impl std::fmt::Debug for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Labels").field("routes", &self.routes.len()).field("credentials", &self.credentials.len()).finish()
+    }
+}
+
+/// What the metrics know of the snapshot in force, for the config hash series, the
+/// removal of series of credentials that left, and the per-scrape state counts.
+#[derive(Default)]
+struct InForce {
+    hash: String,
+    labels: Arc<Labels>,
 }
 
 /// All portcullis metrics, in their own registry. Cheap to share behind an `Arc`; every
@@ -215,9 +228,8 @@ pub struct Metrics {
     credential_expiry: GaugeVec,
     credential_last_used: GaugeVec,
     credentials: IntGaugeVec,
-    labels: ArcSwap<Labels>,
-    /// Serializes snapshot changes and state recounts; holds the current config hash.
-    update: Mutex<String>,
+    /// Serializes snapshot changes and state recounts.
+    update: Mutex<InForce>,
     config_loaded: AtomicBool,
 }
 
@@ -423,8 +435,7 @@ impl Metrics {
             credential_expiry,
             credential_last_used,
             credentials,
-            labels: ArcSwap::from_pointee(Labels::default()),
-            update: Mutex::new(String::new()),
+            update: Mutex::new(InForce::default()),
             config_loaded: AtomicBool::new(false),
         }
     }
@@ -446,53 +457,50 @@ impl Metrics {
     /// load. `now` also judges which credentials are expired. Counts no reload: at start
     /// nothing was reloaded; after a reload, call [`Metrics::on_reload`] too.
     pub fn on_snapshot(&self, snap: &Snapshot, now: i64) {
-        let mut hash = self.update.lock().unwrap_or_else(|p| p.into_inner());
+        let mut in_force = self.update.lock().unwrap_or_else(|p| p.into_inner());
 
         // Add the new series before removing the old ones, so that a concurrent scrape
         // never sees the family empty.
         self.config_info.with_label_values(&[&snap.content_hash]).set(1);
-        if !hash.is_empty() && *hash != snap.content_hash {
-            let _ = self.config_info.remove_label_values(&[hash.as_str()]);
+        if !in_force.hash.is_empty() && in_force.hash != snap.content_hash {
+            let _ = self.config_info.remove_label_values(&[in_force.hash.as_str()]);
         }
-        hash.clone_from(&snap.content_hash);
+        in_force.hash.clone_from(&snap.content_hash);
 
-        let mut credentials = HashMap::with_capacity(snap.credentials.all.len());
-        for c in &snap.credentials.all {
-            let labels = [c.id.as_ref(), c.kind.as_str()];
-            self.credential_expiry
-                .with_label_values(&labels)
-                .set(c.expires_at as f64);
-            // Returns the existing child, with its value, for a credential that stays.
-            let last_used = self.credential_last_used.with_label_values(&labels);
-            if c.kind == CredentialKind::Client {
-                // Present at 0 from the start, so that rate() and absence alerts work.
-                self.tokens_issued.with_label_values(&[c.id.as_ref()]);
-            }
-            credentials.insert(
-                c.id.clone(),
-                KnownCredential {
-                    credential: c.clone(),
-                    last_used,
-                },
-            );
-        }
-        let previous = self.labels.load();
-        for (name, old) in &previous.credentials {
-            let kept = credentials
-                .get(name)
-                .is_some_and(|c| c.credential.kind == old.credential.kind);
+        let labels = self.labels(snap).clone();
+        for (name, old) in &in_force.labels.credentials {
+            let kept = labels.credentials.get(name).is_some_and(|c| c.credential.kind == old.credential.kind);
             if !kept {
-                let labels = [name.as_ref(), old.credential.kind.as_str()];
-                let _ = self.credential_expiry.remove_label_values(&labels);
-                let _ = self.credential_last_used.remove_label_values(&labels);
+                let names = [name.as_ref(), old.credential.kind.as_str()];
+                let _ = self.credential_expiry.remove_label_values(&names);
+                let _ = self.credential_last_used.remove_label_values(&names);
             }
         }
-        let routes = snap.routes.routes.iter().map(|r| r.id.clone()).collect();
-        self.labels.store(Arc::new(Labels { routes, credentials }));
-        self.set_credential_counts(now);
+        in_force.labels = labels;
+        Self::set_credential_counts(&self.credentials, &in_force.labels, now);
         self.last_reload_success.set(now as f64);
         self.last_reload_successful.set(1);
         self.config_loaded.store(true, Ordering::Release);
+    }
+
+    /// The label values `snap` allows, built on first use and kept in the snapshot. Builds
+    /// the per-credential series (present from the start, so that rate() and absence
+    /// alerts work); a credential that stays keeps its children, with their values.
+    pub fn labels<'s>(&self, snap: &'s Snapshot) -> &'s Arc<Labels> {
+        snap.metric_labels.get_or_init(|| {
+            let mut credentials = HashMap::with_capacity(snap.credentials.all.len());
+            for c in &snap.credentials.all {
+                let names = [c.id.as_ref(), c.kind.as_str()];
+                self.credential_expiry.with_label_values(&names).set(c.expires_at as f64);
+                let last_used = self.credential_last_used.with_label_values(&names);
+                if c.kind == CredentialKind::Client {
+                    self.tokens_issued.with_label_values(&[c.id.as_ref()]);
+                }
+                credentials.insert(c.id.clone(), KnownCredential { credential: c.clone(), last_used });
+            }
+            let routes = snap.routes.routes.iter().map(|r| r.id.clone()).collect();
+            Arc::new(Labels { routes, credentials })
+        })
     }
 
     /// A reload attempt finished: counts it by result and records whether it succeeded;
@@ -512,8 +520,8 @@ impl Metrics {
 
     /// Records one finished request. Cheap: one lock-free load of the label table, two
     /// hash lookups, and the prometheus crate's own per-child lookups.
-    pub fn observe_request(&self, r: &RequestObservation<'_>) {
-        let labels = self.labels.load();
+    pub fn observe_request(&self, snap: &Snapshot, r: &RequestObservation<'_>) {
+        let labels = self.labels(snap);
         let route = r
             .route
             .and_then(|id| labels.routes.get(id))
@@ -566,8 +574,8 @@ impl Metrics {
 
     /// The token endpoint issued a token to `client` (the configured client id) at `now`:
     /// counts it and marks the client used. An id not configured as a client counts as `""`.
-    pub fn token_issued(&self, client: &str, now: i64) {
-        let labels = self.labels.load();
+    pub fn token_issued(&self, snap: &Snapshot, client: &str, now: i64) {
+        let labels = self.labels(snap);
         let known = labels
             .credentials
             .get_key_value(client)
@@ -611,13 +619,13 @@ impl Metrics {
 
     /// Sets `portcullis_credentials{kind,state}` from the current label table at `now`.
     fn count_credentials(&self, now: i64) {
-        let _serial = self.update.lock().unwrap_or_else(|p| p.into_inner());
-        self.set_credential_counts(now);
+        let in_force = self.update.lock().unwrap_or_else(|p| p.into_inner());
+        Self::set_credential_counts(&self.credentials, &in_force.labels, now);
     }
 
-    /// [`Metrics::count_credentials`] for a caller that holds `self.update`.
-    fn set_credential_counts(&self, now: i64) {
-        let labels = self.labels.load();
+    /// Sets the state counts from `labels` (of the snapshot in force; the caller holds
+    /// `self.update`).
+    fn set_credential_counts(credentials: &IntGaugeVec, labels: &Labels, now: i64) {
         let mut counts = [[0i64; CredentialState::ALL.len()]; CONFIGURED_KINDS.len()];
         for c in labels.credentials.values() {
             let kind = CONFIGURED_KINDS.iter().position(|k| *k == c.credential.kind);
@@ -630,9 +638,7 @@ impl Metrics {
         }
         for (k, kind) in CONFIGURED_KINDS.iter().enumerate() {
             for (s, state) in CredentialState::ALL.iter().enumerate() {
-                self.credentials
-                    .with_label_values(&[kind.as_str(), state.as_str()])
-                    .set(counts[k][s]);
+                credentials.with_label_values(&[kind.as_str(), state.as_str()]).set(counts[k][s]);
             }
         }
     }
@@ -729,8 +735,8 @@ pub(crate) mod tests {
 
     #[test]
     fn counts_an_allowed_request_by_route_credential_outcome_and_class() {
-        let (m, _) = base();
-        m.observe_request(&allowed(
+        let (m, snap) = base();
+        m.observe_request(&snap, &allowed(
             "GET /v1/vaults/{vault_id}/balances",
             "acme-backend",
             CredentialKind::ApiKey,
@@ -762,22 +768,22 @@ pub(crate) mod tests {
 
     #[test]
     fn denies_caller_chosen_label_values() {
-        let (m, _) = base();
+        let (m, snap) = base();
         // An unknown route and credential name, as a caller could send them.
-        m.observe_request(&RequestObservation {
+        m.observe_request(&snap, &RequestObservation {
             outcome: Outcome::Denied,
             status: 403,
             reason: Some(Reason::RouteNotAllowed),
             ..allowed("GET /evil/../x", "attacker-chosen", CredentialKind::ApiKey)
         });
         // An external token whose subject equals a configured key's name.
-        m.observe_request(&allowed(
+        m.observe_request(&snap, &allowed(
             "GET /v1/vaults/{vault_id}/balances",
             "acme-backend",
             CredentialKind::External,
         ));
-        m.token_issued("not-a-client", NOW);
-        m.token_issued("acme-backend", NOW); // an API key, not a client
+        m.token_issued(&snap, "not-a-client", NOW);
+        m.token_issued(&snap, "acme-backend", NOW); // an API key, not a client
         let text = m.render_at(NOW);
         for bad in ["/evil", "attacker-chosen", "not-a-client"] {
             assert!(!text.contains(bad), "{bad} leaked into\n{text}");
@@ -811,7 +817,7 @@ pub(crate) mod tests {
 
     #[test]
     fn counts_denials_by_reason_and_upstream_errors_by_kind() {
-        let (m, _) = base();
+        let (m, snap) = base();
         let denied = RequestObservation {
             route: None,
             credential: None,
@@ -822,15 +828,15 @@ pub(crate) mod tests {
             duration: Duration::from_micros(20),
             now: NOW,
         };
-        m.observe_request(&denied);
-        m.observe_request(&denied);
-        m.observe_request(&RequestObservation {
+        m.observe_request(&snap, &denied);
+        m.observe_request(&snap, &denied);
+        m.observe_request(&snap, &RequestObservation {
             outcome: Outcome::ShadowDenied,
             status: 200,
             reason: Some(Reason::IpNotAllowed),
             ..denied
         });
-        m.observe_request(&RequestObservation {
+        m.observe_request(&snap, &RequestObservation {
             outcome: Outcome::Error,
             status: 504,
             reason: Some(Reason::UpstreamTimeout),
@@ -866,8 +872,8 @@ pub(crate) mod tests {
 
     #[test]
     fn denied_requests_do_not_mark_a_credential_used() {
-        let (m, _) = base();
-        m.observe_request(&RequestObservation {
+        let (m, snap) = base();
+        m.observe_request(&snap, &RequestObservation {
             outcome: Outcome::Denied,
             status: 403,
             reason: Some(Reason::IpNotAllowed),
@@ -892,13 +898,13 @@ pub(crate) mod tests {
 
     #[test]
     fn tracks_exactly_the_current_credentials_across_snapshots() {
-        let (m, _) = base();
-        m.observe_request(&allowed(
+        let (m, snap) = base();
+        m.observe_request(&snap, &allowed(
             "GET /v1/vaults/{vault_id}/balances",
             "acme-backend",
             CredentialKind::ApiKey,
         ));
-        m.token_issued("reporting", NOW + 7);
+        m.token_issued(&snap, "reporting", NOW + 7);
         // Reload: "reporting" deleted, "new-key" added, "acme-backend" kept.
         let next = load_snapshot(
             &[],
@@ -908,7 +914,7 @@ pub(crate) mod tests {
                 entry("new-key", NOW + 86_400, false),
             ],
         );
-        let (old_hash, new_hash) = (m.update.lock().unwrap().clone(), next.content_hash.clone());
+        let (old_hash, new_hash) = (m.update.lock().unwrap().hash.clone(), next.content_hash.clone());
         assert_ne!(old_hash, new_hash);
         m.on_snapshot(&next, NOW + 10);
         m.on_reload(true, NOW + 10);
@@ -956,8 +962,9 @@ pub(crate) mod tests {
             value(&text, "portcullis_config_last_reload_success_timestamp_seconds"),
             Some((NOW + 10) as f64)
         );
-        // The removed route no longer counts as a label value.
-        m.observe_request(&allowed(
+        // The removed route no longer counts as a label value (a request of the new
+        // snapshot records with the new snapshot's labels).
+        m.observe_request(&next, &allowed(
             "GET /v1/vaults/{vault_id}/balances",
             "new-key",
             CredentialKind::ApiKey,
@@ -1031,13 +1038,13 @@ pub(crate) mod tests {
 
     #[test]
     fn counts_tokens_and_refusals() {
-        let (m, _) = base();
+        let (m, snap) = base();
         let before = m.render_at(NOW);
         assert_eq!(
             value(&before, r#"portcullis_tokens_issued_total{client="reporting"}"#),
             Some(0.0)
         );
-        m.token_issued("reporting", NOW + 3);
+        m.token_issued(&snap, "reporting", NOW + 3);
         m.token_refused(crate::token::endpoint::OAuthCode::InvalidClient);
         m.token_refused(crate::token::endpoint::OAuthCode::InvalidClient);
         let text = m.render_at(NOW);

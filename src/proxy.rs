@@ -472,10 +472,10 @@ impl ProxyHttp for Portcullis {
         });
         let now = unix_now();
         match (&ctx.fate, audited) {
-            (Fate::Endpoint { answered: Answered::Issued(client), .. }, _) => self.metrics.token_issued(client, now),
+            (Fate::Endpoint { answered: Answered::Issued(client), .. }, _) => self.metrics.token_issued(&ctx.snap, client, now),
             (Fate::Endpoint { answered: Answered::Refused(code), .. }, _) => self.metrics.token_refused(*code),
             (Fate::Endpoint { .. }, _) => {}
-            (_, Audited::Request(outcome)) => self.metrics.observe_request(&crate::metrics::RequestObservation {
+            (_, Audited::Request(outcome)) => self.metrics.observe_request(&ctx.snap, &crate::metrics::RequestObservation {
                 route: d.and_then(|d| d.route.as_deref()),
                 credential: identity.map(|i| i.credential.as_ref()),
                 kind: identity.map(|i| i.kind),

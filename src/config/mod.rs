@@ -85,6 +85,7 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
             files,
             content_hash,
             token_cache: Default::default(),
+            metric_labels: Default::default(),
         }),
         _ => Err(ConfigErrors(errors)),
     }

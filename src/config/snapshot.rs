@@ -286,4 +286,7 @@ pub struct Snapshot {
     pub content_hash: String,
     /// Verified Bearer tokens; new (empty) with every snapshot.
     pub token_cache: crate::token::cache::TokenCache,
+    /// The metric label values this snapshot allows, built on first use
+    /// ([`crate::metrics::Metrics::labels`]).
+    pub metric_labels: std::sync::OnceLock<Arc<crate::metrics::Labels>>,
 }

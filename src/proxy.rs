@@ -284,10 +284,9 @@ impl ProxyHttp for Portcullis {
             ctx.fate = Fate::Refused(rej);
             return Ok(true);
         }
-        let req = session.req_header();
         let view = RequestView {
             method: &req.method,
-            target: line_target.as_deref().unwrap_or_else(|| req.raw_path()),
+            target,
             headers: &req.headers,
             peer,
         };

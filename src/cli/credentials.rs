@@ -46,10 +46,11 @@ use crate::config::validate::{
 };
 use crate::config::{self, CredentialStore, Environment, RouteTable};
 use crate::permission::{builtin_role, Permission, Scope, Target, BUILTIN_ROLES};
-use crate::store::file::{parent_dir, FileStore, View};
+use crate::config::parent_dir;
+use crate::store::file::{FileStore, View};
 use crate::store::secret::{hash_secret, new_secret};
 use crate::store::span::{human_span, parse_span, rfc3339, span_secs, today};
-use crate::store::{Change, Kind, NewEntry, Store};
+use crate::store::{change, Change, Kind, NewEntry, Store};
 
 /// `portcullis credentials`: the file to work on, and what to do.
 #[derive(clap::Args, Debug)]
@@ -368,7 +369,7 @@ fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Write) -> Res<
         )
         .into());
     }
-    if let Some(k) = find_kind(&cur.raw, name) {
+    if let Some((k, _)) = change::locate(&cur.raw, name) {
         return Err(format!("a credential named {name:?} already exists (an {}); names are unique across clients and API keys", k.label()).into());
     }
     let mut roles: Vec<String> = Vec::new();
@@ -522,17 +523,6 @@ fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Write) -> Res<
         let _ = writeln!(s, "\nNote: the config has no tokens.signing_key, so no token endpoint: create one with `portcullis keygen`.");
     }
     emit(out, &s)
-}
-
-/// The credential kind of `name`, if it exists.
-fn find_kind(raw: &CredentialsRaw, name: &str) -> Option<Kind> {
-    if raw.clients.iter().any(|c| c.id == name) {
-        Some(Kind::Client)
-    } else if raw.api_keys.iter().any(|k| k.name == name) {
-        Some(Kind::ApiKey)
-    } else {
-        None
-    }
 }
 
 /// A ready `curl` line: the token request for a client; for a key, a request to a route
@@ -957,13 +947,7 @@ fn no_such(loc: &Location, name: &str) -> Failure {
 
 /// Where `name` is: its kind and its index in its section.
 fn locate(cur: &View, loc: &Location, name: &str) -> Res<(Kind, usize)> {
-    if let Some(i) = cur.raw.clients.iter().position(|c| c.id == name) {
-        return Ok((Kind::Client, i));
-    }
-    if let Some(i) = cur.raw.api_keys.iter().position(|k| k.name == name) {
-        return Ok((Kind::ApiKey, i));
-    }
-    Err(no_such(loc, name))
+    change::locate(&cur.raw, name).ok_or_else(|| no_such(loc, name))
 }
 
 fn set_disabled(

@@ -19,6 +19,15 @@ pub use snapshot::*;
 /// The running config: one pointer, swapped atomically.
 pub type Shared = Arc<ArcSwap<Snapshot>>;
 
+/// The directory a file is in (`.` for a bare name): where a config's relative paths,
+/// the lock of a credentials write and the watch of a reload are anchored.
+pub fn parent_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// Parses one config file's text with the one YAML parser every reader uses (the loader,
 /// the CLI), so a file means the same to `serve`, `check` and `credentials`.
 pub fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
@@ -40,8 +49,7 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
     let mut files = Gather::new();
     let main_text = files.read(path).map_err(|e| ConfigErrors(vec![ConfigError::new(path, None, e)]))?;
     let raw: raw::MainRaw = parse(path, &main_text).map_err(|e| ConfigErrors(vec![e]))?;
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    let base = parent_dir(path);
 
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
@@ -109,13 +117,19 @@ pub fn resolve(snap: &mut Snapshot) -> Result<(), ConfigErrors> {
     Ok(())
 }
 
-/// Loads the config at `path` for serving: [`load`], then the side effects a running
-/// server needs, in order: the upstream's name resolved, and the fetchers of the external
-/// issuers' `jwks_url`s attached (their first fetch awaited briefly).
+/// The side effects a loaded snapshot needs before a server serves it, in order: the
+/// upstream's name resolved, and the fetchers of the external issuers' `jwks_url`s
+/// attached (their first fetch awaited up to `fetch_wait` in all).
+pub fn prepare_to_serve(snap: &mut Snapshot, fetch_wait: std::time::Duration) -> Result<(), ConfigErrors> {
+    resolve(snap)?;
+    crate::token::remote::attach(snap, fetch_wait);
+    Ok(())
+}
+
+/// Loads the config at `path` for serving at start: [`load`], then [`prepare_to_serve`].
 pub fn load_for_serving(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
     let mut snap = load(path, now)?;
-    resolve(&mut snap)?;
-    crate::token::remote::attach(&mut snap, crate::token::remote::FIRST_FETCH_WAIT);
+    prepare_to_serve(&mut snap, crate::token::remote::FIRST_FETCH_WAIT)?;
     Ok(snap)
 }
 

@@ -149,13 +149,12 @@ pub fn reload_now(config_path: &Path, shared: &Shared, trigger: Trigger, now: i6
     }
     // Side effects only for a load that will serve: the upstream's name resolved, and
     // fetchers for its `jwks_url`s (a kept issuer reuses its running fetcher; one that
-    // left the config stops with the old snapshot).
-    if let Err(errors) = config::resolve(&mut new) {
+    // left the config stops with the old snapshot). A short wait only: the reload's other
+    // changes (a key disabled after a leak) must not wait long on a slow IdP; the fetcher
+    // fills its keys in the background.
+    if let Err(errors) = config::prepare_to_serve(&mut new, crate::token::remote::RELOAD_FETCH_WAIT) {
         return failed(errors);
     }
-    // A short wait only: the reload's other changes (a key disabled after a leak) must not
-    // wait long on a slow IdP; the fetcher fills its keys in the background.
-    crate::token::remote::attach(&mut new, crate::token::remote::RELOAD_FETCH_WAIT);
     let needs_restart = keep_startup_settings(&old.settings, &mut new.settings);
     let diff = diff(&old, &new);
     for w in &new.warnings {

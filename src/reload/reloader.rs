@@ -2,14 +2,14 @@
 //! events and polls, and which directories and names to watch.
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use notify::event::{AccessKind, AccessMode};
 use notify::EventKind;
 use sha2::{Digest, Sha256};
 
-use crate::config::{self, Shared};
+use crate::config::{self, parent_dir, Shared};
 
 use super::*;
 
@@ -144,13 +144,6 @@ pub struct WatchSet {
 }
 
 /// The directory holding `file` (`.` for a bare file name).
-pub(super) fn parent_dir(file: &Path) -> PathBuf {
-    match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
 /// SHA-256 over each file's path and bytes (or the kind of error reading it), so that
 /// a file appearing, vanishing or changing all change the fingerprint.
 pub(super) fn fingerprint(files: &[PathBuf]) -> [u8; 32] {

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use super::file::View;
 use super::yaml::{date_scalar, flow_list, quoted, scalar};
 use super::{edit, span, Kind};
+use crate::config::raw::CredentialsRaw;
 use crate::config::validate::parse_expires;
 
 /// A credential to add. Its secret is already hashed: a store never sees a secret.
@@ -46,12 +47,12 @@ impl Change {
     }
 }
 
-/// Where `name` is in the view: its kind and its index in its section.
-pub fn locate(view: &View, name: &str) -> Option<(Kind, usize)> {
-    if let Some(i) = view.raw.clients.iter().position(|c| c.id == name) {
+/// Where `name` is in the file: its kind and its index in its section.
+pub fn locate(raw: &CredentialsRaw, name: &str) -> Option<(Kind, usize)> {
+    if let Some(i) = raw.clients.iter().position(|c| c.id == name) {
         return Some((Kind::Client, i));
     }
-    view.raw.api_keys.iter().position(|k| k.name == name).map(|i| (Kind::ApiKey, i))
+    raw.api_keys.iter().position(|k| k.name == name).map(|i| (Kind::ApiKey, i))
 }
 
 fn vstr(s: &str) -> Value {
@@ -88,7 +89,7 @@ fn entry_value(doc: &mut Value, kind: Kind, idx: usize) -> Result<&mut Map<Strin
 pub fn apply(view: &View, change: &Change, now: i64) -> Result<(Value, Option<String>), String> {
     let text = view.text.as_deref().unwrap_or("");
     let mut value = view.value.clone();
-    let found = || locate(view, change.name()).ok_or_else(|| format!("no client or API key named {:?}", change.name()));
+    let found = || locate(&view.raw, change.name()).ok_or_else(|| format!("no client or API key named {:?}", change.name()));
     match change {
         Change::Create { kind, entry } => {
             let e = entry;

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::change::{self, Change};
 use super::Store;
 use crate::config::raw::CredentialsRaw;
-use crate::config::{self, CredentialStore, Environment};
+use crate::config::{self, parent_dir, CredentialStore, Environment};
 
 /// Which content of the file a [`View`] was read from: the SHA-256 of its bytes (of no
 /// bytes, with a marker, when the file did not exist).
@@ -65,14 +65,6 @@ pub struct FileStore {
 struct Lock {
     dir: File,
     path: PathBuf,
-}
-
-/// The directory a file is in (`.` for a bare name).
-pub fn parent_dir(p: &Path) -> PathBuf {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
 }
 
 impl FileStore {

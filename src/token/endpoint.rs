@@ -382,11 +382,12 @@ pub fn issue(snap: &Snapshot, req: &TokenRequest, client_ip: IpAddr, now: i64) -
     let TokenRequest { client_id, secret, scope, used_basic } = req;
     let (client_id, secret, used_basic) = (client_id.as_str(), secret.as_str(), *used_basic);
     let bad_client = |d: &str| OAuthError { basic: used_basic, ..OAuthError::new(OAuthCode::InvalidClient, d) };
-    // Throttled before any verification: the same answer whether the client exists or not.
-    let guard = super::guard::guard();
-    if let Some(wait) = guard.throttled(client_id, client_ip, ts.failure_limit) {
-        return Err(OAuthError { basic: used_basic, ..OAuthError::slow_down(wait) });
+    // Throttled before any verification: the same answer whether the client exists or not
+    // (again here, for callers that did not check first, and for failures counted since).
+    if let Some(e) = throttled(snap, req, client_ip) {
+        return Err(e);
     }
+    let guard = super::guard::guard();
 
     let client: Option<&Credential> = client_id
         .strip_prefix(ts.client_id_prefix.as_str())

@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use chrono::Months;
 use serde_json::json;
 
-use crate::config::raw::{ApiKeyRaw, ClientRaw, CredentialsRaw, MainRaw, PreviousHashRaw};
+use crate::config::raw::{strings, EntryRaw, MainRaw};
 use crate::config::validate::{
     self, parse_expires, parse_net, valid_name, EXPIRY_WARNING_SECS, MAX_ALLOWED_IPS,
 };
@@ -273,7 +273,7 @@ fn main_config(path: &Path) -> Res<(PathBuf, Environment, Option<MainInfo>)> {
     let raw: MainRaw = config::parse(path, &text).map_err(|e| e.to_string())?;
     let base = parent_dir(path);
     let cred = validate::credentials_path(&raw, &base);
-    let env = match raw.environment.as_deref() {
+    let env = match raw.environment.as_deref().map(String::as_str) {
         None | Some("sandbox") => Environment::Sandbox,
         Some("production") => Environment::Production,
         Some(other) => {
@@ -284,7 +284,7 @@ fn main_config(path: &Path) -> Res<(PathBuf, Environment, Option<MainInfo>)> {
             .into())
         }
     };
-    let mut sink = validate::Sink::new(path, &text);
+    let mut sink = validate::Sink::new(path);
     let routes = validate::routes(&raw.routes, &mut sink);
     let host = match raw.listen.parse::<std::net::SocketAddr>() {
         Ok(a) if a.ip().is_unspecified() && a.is_ipv6() => format!("[::1]:{}", a.port()),
@@ -298,9 +298,9 @@ fn main_config(path: &Path) -> Res<(PathBuf, Environment, Option<MainInfo>)> {
         base_url: format!("{scheme}://{host}"),
         token_endpoint: tokens
             .filter(|t| t.signing_key.is_some())
-            .map(|t| t.endpoint.clone().unwrap_or_else(|| "/oauth/token".into())),
+            .map(|t| t.endpoint.as_deref().cloned().unwrap_or_else(|| "/oauth/token".into())),
         client_id_prefix: tokens
-            .and_then(|t| t.client_id_prefix.clone())
+            .and_then(|t| t.client_id_prefix.as_deref().cloned())
             .unwrap_or_default(),
         revoke_on_disable: tokens.and_then(|t| t.revoke_on_disable).unwrap_or(false),
         routes,
@@ -432,7 +432,7 @@ fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Write) -> Res<
         if kind == Kind::Client {
             return Err("--user: only an API key can be linked to a user".into());
         }
-        if !cur.raw.users.iter().any(|x| x.name == *u) {
+        if !cur.raw.users.iter().any(|x| x.name == u.as_str()) {
             return Err(format!("--user {u:?}: no such user in {}", loc.label()).into());
         }
     }
@@ -611,84 +611,11 @@ fn sample_route(routes: &RouteTable, grants: &[Permission]) -> Option<(String, S
 // ---------------------------------------------------------------------------------
 // list and show
 
-/// One credential as the file has it, with its state at `now`.
-struct Entry<'a> {
-    kind: Kind,
-    name: &'a str,
-    hash: &'a str,
-    previous: &'a [PreviousHashRaw],
-    user: Option<&'a str>,
-    roles: &'a [String],
-    permissions: &'a [String],
-    allowed_ips: Option<&'a [String]>,
-    expires: &'a str,
-    disabled: bool,
-    description: Option<&'a str>,
-    notes: Option<&'a str>,
-}
+/// One credential as the file has it (the loader's own view of a client or key), with
+/// its state at `now`.
+type Entry<'a> = EntryRaw<'a>;
 
-impl<'a> Entry<'a> {
-    fn all(raw: &'a CredentialsRaw) -> Vec<Entry<'a>> {
-        let clients = raw.clients.iter().map(|c| {
-            let ClientRaw {
-                id,
-                secret_hash,
-                previous_secret_hashes,
-                roles,
-                permissions,
-                allowed_ips,
-                expires,
-                disabled,
-                description,
-                notes,
-            } = c;
-            Entry {
-                kind: Kind::Client,
-                name: id,
-                hash: secret_hash,
-                previous: previous_secret_hashes,
-                user: None,
-                roles,
-                permissions,
-                allowed_ips: allowed_ips.as_deref(),
-                expires,
-                disabled: *disabled,
-                description: description.as_deref(),
-                notes: notes.as_deref(),
-            }
-        });
-        let keys = raw.api_keys.iter().map(|k| {
-            let ApiKeyRaw {
-                name,
-                key_hash,
-                previous_key_hashes,
-                user,
-                roles,
-                permissions,
-                allowed_ips,
-                expires,
-                disabled,
-                description,
-                notes,
-            } = k;
-            Entry {
-                kind: Kind::ApiKey,
-                name,
-                hash: key_hash,
-                previous: previous_key_hashes,
-                user: user.as_deref(),
-                roles,
-                permissions,
-                allowed_ips: allowed_ips.as_deref(),
-                expires,
-                disabled: *disabled,
-                description: description.as_deref(),
-                notes: notes.as_deref(),
-            }
-        });
-        clients.chain(keys).collect()
-    }
-
+impl<'a> EntryRaw<'a> {
     fn expires_at(&self) -> Option<i64> {
         parse_expires(self.expires).ok()
     }
@@ -732,8 +659,8 @@ impl<'a> Entry<'a> {
     }
 
     fn access(&self) -> String {
-        let mut parts: Vec<String> = self.roles.iter().map(|r| format!("role:{r}")).collect();
-        parts.extend(self.permissions.iter().cloned());
+        let mut parts: Vec<String> = self.roles.iter().map(|r| format!("role:{}", r.as_str())).collect();
+        parts.extend(strings(self.permissions));
         if let Some(u) = self.user {
             parts.push(format!("user:{u}"));
         }
@@ -747,7 +674,7 @@ impl<'a> Entry<'a> {
     fn ips(&self) -> String {
         match self.allowed_ips {
             None => "any".to_string(),
-            Some(l) => l.join(", "),
+            Some(l) => strings(l).join(", "),
         }
     }
 
@@ -758,18 +685,18 @@ impl<'a> Entry<'a> {
         effective: Option<Vec<String>>,
     ) -> serde_json::Value {
         let mut v = json!({
-            "name": self.name,
+            "name": self.name.as_str(),
             "kind": self.kind.json(),
             "user": self.user,
-            "roles": self.roles,
-            "permissions": self.permissions,
-            "allowed_ips": self.allowed_ips,
-            "expires": self.expires,
+            "roles": strings(self.roles),
+            "permissions": strings(self.permissions),
+            "allowed_ips": self.allowed_ips.as_ref().map(|l| strings(l)),
+            "expires": self.expires.as_str(),
             "expires_at": self.expires_at().map(rfc3339),
             "disabled": self.disabled,
             "expired": self.expires_at().is_none_or(|t| now >= t),
             "state": self.state(now, users),
-            "description": self.description,
+            "description": self.description.as_deref(),
             "notes": self.notes,
             "previous_secret_until": self.overlapping(now).into_iter().max().map(|(t, _)| rfc3339(t)),
         });
@@ -799,8 +726,8 @@ fn validated(loc: &Location, cur: &View, now: i64) -> Option<CredentialStore> {
 fn list(loc: &Location, output: Output, now: i64, out: &mut dyn Write) -> Res<()> {
     let cur = loc.store.read(true)?;
     let _ = validated(loc, &cur, now);
-    let users: Vec<String> = cur.raw.users.iter().map(|u| u.name.clone()).collect();
-    let entries = Entry::all(&cur.raw);
+    let users: Vec<String> = cur.raw.users.iter().map(|u| u.name.to_string()).collect();
+    let entries = cur.raw.entries().collect::<Vec<_>>();
     if output == Output::Json {
         let v: Vec<_> = entries.iter().map(|e| e.json(now, &users, None)).collect();
         return emit(out, &format!("{:#}\n", serde_json::Value::Array(v)));
@@ -853,8 +780,8 @@ fn list(loc: &Location, output: Output, now: i64, out: &mut dyn Write) -> Res<()
 fn show(loc: &Location, name: &str, output: Output, now: i64, out: &mut dyn Write) -> Res<()> {
     let cur = loc.store.read(true)?;
     let store = validated(loc, &cur, now);
-    let users: Vec<String> = cur.raw.users.iter().map(|u| u.name.clone()).collect();
-    let entries = Entry::all(&cur.raw);
+    let users: Vec<String> = cur.raw.users.iter().map(|u| u.name.to_string()).collect();
+    let entries = cur.raw.entries().collect::<Vec<_>>();
     let e = entries
         .iter()
         .find(|e| e.name == name)
@@ -889,7 +816,7 @@ fn show(loc: &Location, name: &str, output: Output, now: i64, out: &mut dyn Writ
         &if e.roles.is_empty() {
             "(none)".to_string()
         } else {
-            e.roles.join(", ")
+            strings(e.roles).join(", ")
         },
     );
     row(
@@ -897,7 +824,7 @@ fn show(loc: &Location, name: &str, output: Output, now: i64, out: &mut dyn Writ
         &if e.permissions.is_empty() {
             "(none)".to_string()
         } else {
-            e.permissions.join(", ")
+            strings(e.permissions).join(", ")
         },
     );
     if let Some(eff) = &effective {

@@ -53,7 +53,7 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
 
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
-    let mut sink = validate::Sink::new(path, &main_text);
+    let mut sink = validate::Sink::new(path);
     let settings = validate::settings(&raw, &base, &mut sink, &mut files);
     let routes = validate::routes(&raw.routes, &mut sink);
     let tokens = raw.tokens.as_ref().map(|t| validate::tokens(t, &base, &mut sink, &mut files));
@@ -145,7 +145,7 @@ pub fn credentials_from_text(
 ) -> Result<(CredentialStore, Vec<String>), ConfigErrors> {
     let cred_raw = parse::<raw::CredentialsRaw>(path, text).map_err(|e| ConfigErrors(vec![e]))?;
     let mut warnings = Vec::new();
-    let mut sink = validate::Sink::new(path, text);
+    let mut sink = validate::Sink::new(path);
     let store = validate::credentials(&cred_raw, env, now, &mut sink, &mut warnings);
     if sink.errors.is_empty() {
         Ok((store, warnings))

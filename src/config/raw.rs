@@ -1,28 +1,108 @@
-//! Serde mirrors of the YAML files: no logic, unknown fields are errors.
-use serde::Deserialize;
+//! Serde mirrors of the YAML files: no logic, unknown fields are errors. The values that
+//! validation can refuse are [`At`]: they carry the line and column they were read from,
+//! so an error names its place exactly (comments and look-alike lines cannot mislead it).
+use std::fmt;
+use std::ops::Deref;
+
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+/// A value and where in its file it was read (serde-saphyr's [`Spanned`]); reads as the
+/// value itself. One built in code ([`At::new`]) has no place.
+pub struct At<T>(Spanned<T>);
+
+/// A 1-based line and column; `None` where unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Place {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+impl<T> At<T> {
+    /// A value with no place in a file.
+    pub fn new(value: T) -> Self {
+        At(Spanned::new(value, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN))
+    }
+
+    /// Where the value was read.
+    pub fn place(&self) -> Place {
+        let l = self.0.referenced;
+        let known = l.line() > 0;
+        Place {
+            line: known.then_some(l.line() as usize),
+            column: known.then_some(l.column() as usize),
+        }
+    }
+
+    pub fn into_inner(self) -> T {
+        self.0.value
+    }
+}
+
+impl<T> Deref for At<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0.value
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for At<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.value.fmt(f)
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for At<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.value.fmt(f)
+    }
+}
+
+impl PartialEq<str> for At<String> {
+    fn eq(&self, other: &str) -> bool {
+        self.0.value == other
+    }
+}
+
+impl PartialEq<&str> for At<String> {
+    fn eq(&self, other: &&str) -> bool {
+        self.0.value == *other
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for At<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Spanned::deserialize(d).map(At)
+    }
+}
+
+/// A list of placed strings, as plain strings.
+pub fn strings(list: &[At<String>]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
 
 /// `portcullis.yaml` (SPEC §3).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MainRaw {
-    pub listen: String,
-    pub upstream: String,
+    pub listen: At<String>,
+    pub upstream: At<String>,
     #[serde(default)]
-    pub admin_listen: Option<String>,
+    pub admin_listen: Option<At<String>>,
     #[serde(default)]
-    pub environment: Option<String>,
+    pub environment: Option<At<String>>,
     #[serde(default)]
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<At<String>>,
     #[serde(default)]
     pub credentials_file: Option<String>,
     #[serde(default)]
     pub shutdown_grace: Option<u64>,
     /// Seconds to wait for the upstream's response (default 30); 504 after.
     #[serde(default)]
-    pub upstream_timeout: Option<f64>,
+    pub upstream_timeout: Option<At<f64>>,
     /// Seconds to wait for a TCP connection to the upstream (default 5); 502 after.
     #[serde(default)]
-    pub upstream_connect_timeout: Option<f64>,
+    pub upstream_connect_timeout: Option<At<f64>>,
     /// TLS on the proxy listener (edge gateway).
     #[serde(default)]
     pub tls: Option<TlsRaw>,
@@ -31,7 +111,7 @@ pub struct MainRaw {
     pub upstream_tls: Option<UpstreamTlsRaw>,
     /// `enforce` (default) or `shadow`: log and count denials but forward.
     #[serde(default)]
-    pub mode: Option<String>,
+    pub mode: Option<At<String>>,
     #[serde(default)]
     pub tokens: Option<TokensRaw>,
     #[serde(default)]
@@ -70,23 +150,23 @@ pub struct TokensRaw {
     #[serde(default)]
     pub audience: Option<String>,
     #[serde(default)]
-    pub lifetime: Option<u64>,
+    pub lifetime: Option<At<u64>>,
     #[serde(default)]
     pub signing_key: Option<String>,
     #[serde(default)]
-    pub endpoint: Option<String>,
+    pub endpoint: Option<At<String>>,
     #[serde(default)]
-    pub client_id_prefix: Option<String>,
+    pub client_id_prefix: Option<At<String>>,
     #[serde(default)]
-    pub leeway: Option<u64>,
+    pub leeway: Option<At<u64>>,
     #[serde(default)]
     pub revoke_on_disable: Option<bool>,
     /// Secret verifications (argon2) running at once; default 2 x CPU cores.
     #[serde(default)]
-    pub max_concurrent_verifications: Option<usize>,
+    pub max_concurrent_verifications: Option<At<usize>>,
     /// Failed client authentications per client id and per address per minute; default 10.
     #[serde(default)]
-    pub failure_limit: Option<u32>,
+    pub failure_limit: Option<At<u32>>,
     #[serde(default)]
     pub external_issuers: Vec<ExternalIssuerRaw>,
 }
@@ -95,17 +175,17 @@ pub struct TokensRaw {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalIssuerRaw {
-    pub issuer: String,
+    pub issuer: At<String>,
     pub audience: String,
     #[serde(default)]
     pub jwks_file: Option<String>,
     #[serde(default)]
-    pub jwks_url: Option<String>,
+    pub jwks_url: Option<At<String>>,
     #[serde(default)]
     pub permissions_claim: Option<String>,
     /// Where this issuer's tokens may come from (at most 6); default any address.
     #[serde(default)]
-    pub allowed_ips: Option<Vec<String>>,
+    pub allowed_ips: Option<At<Vec<At<String>>>>,
 }
 
 /// One entry of `routes`.
@@ -113,7 +193,7 @@ pub struct ExternalIssuerRaw {
 #[serde(deny_unknown_fields)]
 pub struct RouteRaw {
     #[serde(rename = "match")]
-    pub match_: String,
+    pub match_: At<String>,
     #[serde(default)]
     pub require: Option<String>,
     #[serde(default)]
@@ -135,7 +215,7 @@ pub struct RouteRaw {
 #[serde(deny_unknown_fields)]
 pub struct CredentialsRaw {
     #[serde(default)]
-    pub roles: std::collections::BTreeMap<String, Vec<String>>,
+    pub roles: std::collections::BTreeMap<String, At<Vec<At<String>>>>,
     #[serde(default)]
     pub users: Vec<UserRaw>,
     #[serde(default)]
@@ -147,32 +227,32 @@ pub struct CredentialsRaw {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserRaw {
-    pub name: String,
+    pub name: At<String>,
     #[serde(default)]
-    pub roles: Vec<String>,
+    pub roles: Vec<At<String>>,
     #[serde(default)]
-    pub permissions: Vec<String>,
+    pub permissions: Vec<At<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientRaw {
-    pub id: String,
-    pub secret_hash: String,
+    pub id: At<String>,
+    pub secret_hash: At<String>,
     /// Secret hashes replaced by `credentials rotate --overlap`, each accepted until its `until`.
     #[serde(default)]
     pub previous_secret_hashes: Vec<PreviousHashRaw>,
     #[serde(default)]
-    pub roles: Vec<String>,
+    pub roles: Vec<At<String>>,
     #[serde(default)]
-    pub permissions: Vec<String>,
+    pub permissions: Vec<At<String>>,
     #[serde(default)]
-    pub allowed_ips: Option<Vec<String>>,
-    pub expires: String,
+    pub allowed_ips: Option<At<Vec<At<String>>>>,
+    pub expires: At<String>,
     #[serde(default)]
     pub disabled: bool,
     #[serde(default)]
-    pub description: Option<String>,
+    pub description: Option<At<String>>,
     #[serde(default)]
     pub notes: Option<String>,
 }
@@ -180,24 +260,24 @@ pub struct ClientRaw {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyRaw {
-    pub name: String,
-    pub key_hash: String,
+    pub name: At<String>,
+    pub key_hash: At<String>,
     /// Key hashes replaced by `credentials rotate --overlap`, each accepted until its `until`.
     #[serde(default)]
     pub previous_key_hashes: Vec<PreviousHashRaw>,
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
-    pub roles: Vec<String>,
+    pub roles: Vec<At<String>>,
     #[serde(default)]
-    pub permissions: Vec<String>,
+    pub permissions: Vec<At<String>>,
     #[serde(default)]
-    pub allowed_ips: Option<Vec<String>>,
-    pub expires: String,
+    pub allowed_ips: Option<At<Vec<At<String>>>>,
+    pub expires: At<String>,
     #[serde(default)]
     pub disabled: bool,
     #[serde(default)]
-    pub description: Option<String>,
+    pub description: Option<At<String>>,
     #[serde(default)]
     pub notes: Option<String>,
 }
@@ -207,6 +287,60 @@ pub struct ApiKeyRaw {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreviousHashRaw {
-    pub hash: String,
-    pub until: String,
+    pub hash: At<String>,
+    pub until: At<String>,
+}
+
+/// One credential of the file, client or API key, as the fields both kinds share: the
+/// one view over the two sections that validation, `credentials list` and the store read.
+pub struct EntryRaw<'a> {
+    pub kind: crate::store::Kind,
+    /// A client's id, a key's name.
+    pub name: &'a At<String>,
+    /// `secret_hash` or `key_hash`.
+    pub hash: &'a At<String>,
+    pub previous: &'a [PreviousHashRaw],
+    pub user: Option<&'a str>,
+    pub roles: &'a [At<String>],
+    pub permissions: &'a [At<String>],
+    pub allowed_ips: &'a Option<At<Vec<At<String>>>>,
+    pub expires: &'a At<String>,
+    pub disabled: bool,
+    pub description: &'a Option<At<String>>,
+    pub notes: Option<&'a str>,
+}
+
+impl CredentialsRaw {
+    /// Every credential, clients first, each section in file order.
+    pub fn entries(&self) -> impl Iterator<Item = EntryRaw<'_>> {
+        let clients = self.clients.iter().map(|c| EntryRaw {
+            kind: crate::store::Kind::Client,
+            name: &c.id,
+            hash: &c.secret_hash,
+            previous: &c.previous_secret_hashes,
+            user: None,
+            roles: &c.roles,
+            permissions: &c.permissions,
+            allowed_ips: &c.allowed_ips,
+            expires: &c.expires,
+            disabled: c.disabled,
+            description: &c.description,
+            notes: c.notes.as_deref(),
+        });
+        let keys = self.api_keys.iter().map(|k| EntryRaw {
+            kind: crate::store::Kind::ApiKey,
+            name: &k.name,
+            hash: &k.key_hash,
+            previous: &k.previous_key_hashes,
+            user: k.user.as_deref(),
+            roles: &k.roles,
+            permissions: &k.permissions,
+            allowed_ips: &k.allowed_ips,
+            expires: &k.expires,
+            disabled: k.disabled,
+            description: &k.description,
+            notes: k.notes.as_deref(),
+        });
+        clients.chain(keys)
+    }
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate};
 use ipnet::IpNet;
 
-use super::error::{ConfigError, Locator};
+use super::error::ConfigError;
 use super::gather::Gather;
-use super::raw::{ApiKeyRaw, ClientRaw, CredentialsRaw, ExternalIssuerRaw, MainRaw, RouteRaw, TokensRaw, UserRaw};
+use super::raw::{strings, At, CredentialsRaw, EntryRaw, ExternalIssuerRaw, MainRaw, Place, RouteRaw, TokensRaw, UserRaw};
+use crate::store::Kind;
 use super::snapshot::*;
 use crate::permission::{builtin_role, Permission, Requirement};
 
@@ -19,23 +20,18 @@ pub const MAX_ALLOWED_IPS: usize = 6;
 /// Seconds before expiry at which `check` warns.
 pub const EXPIRY_WARNING_SECS: i64 = 30 * 86_400;
 
-/// Collects errors for one file.
+/// Collects errors for one file, each placed where its value was read.
 pub struct Sink<'a> {
     pub file: &'a Path,
-    pub loc: Locator<'a>,
     pub errors: Vec<ConfigError>,
 }
 
 impl<'a> Sink<'a> {
-    pub fn new(file: &'a Path, text: &'a str) -> Self {
-        Sink {
-            file,
-            loc: Locator::new(text),
-            errors: Vec::new(),
-        }
+    pub fn new(file: &'a Path) -> Self {
+        Sink { file, errors: Vec::new() }
     }
-    fn err(&mut self, line: Option<usize>, msg: impl Into<String>) {
-        self.errors.push(ConfigError::new(self.file, line, msg));
+    fn err(&mut self, at: Place, msg: impl Into<String>) {
+        self.errors.push(ConfigError::at(self.file, at, msg));
     }
 }
 
@@ -125,11 +121,11 @@ pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn parse_secs(v: Option<f64>, default: f64, what: &str, sink: &mut Sink<'_>) -> Duration {
-    let v = v.unwrap_or(default);
+fn parse_secs(v: &Option<At<f64>>, default: f64, what: &str, sink: &mut Sink<'_>) -> Duration {
+    let at = v.as_ref().map(At::place).unwrap_or_default();
+    let v = v.as_deref().copied().unwrap_or(default);
     if !(v > 0.0 && v <= 3600.0) {
-        let line = sink.loc.top_key(what);
-        sink.err(line, format!("{what} must be between 0 and 3600 seconds"));
+        sink.err(at, format!("{what} must be between 0 and 3600 seconds"));
         return Duration::from_secs_f64(default);
     }
     Duration::from_secs_f64(v)
@@ -155,14 +151,13 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
     } = raw;
     let mut ok = true;
     if listen.parse::<SocketAddr>().is_err() {
-        let line = sink.loc.top_key("listen");
-        sink.err(line, format!("listen {listen:?} is not an address:port"));
+        sink.err(listen.place(), format!("listen {listen:?} is not an address:port"));
         ok = false;
     }
-    let admin_listen = admin_listen.clone().unwrap_or_else(|| "127.0.0.1:9901".into());
+    let admin_at = admin_listen.as_ref().map(At::place).unwrap_or_default();
+    let admin_listen = admin_listen.as_deref().cloned().unwrap_or_else(|| "127.0.0.1:9901".into());
     if admin_listen.parse::<SocketAddr>().is_err() {
-        let line = sink.loc.top_key("admin_listen");
-        sink.err(line, format!("admin_listen {admin_listen:?} is not an address:port"));
+        sink.err(admin_at, format!("admin_listen {admin_listen:?} is not an address:port"));
         ok = false;
     }
     // No DNS here (validation does no I/O): an address is taken as it is, a name is
@@ -170,18 +165,16 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
     let upstream_addr = match upstream_target(upstream) {
         Some(a) => Some(a),
         None => {
-            let line = sink.loc.top_key("upstream");
-            sink.err(line, format!("upstream {upstream:?} is not an ip:port or a host:port"));
+            sink.err(upstream.place(), format!("upstream {upstream:?} is not an ip:port or a host:port"));
             None
         }
     };
-    let environment = match environment.as_deref() {
-        None | Some("sandbox") => Environment::Sandbox,
-        Some("production") => Environment::Production,
-        Some(other) => {
-            let line = sink.loc.top_key("environment");
+    let environment = match environment.as_ref().map(|e| (e.as_str(), e.place())) {
+        None | Some(("sandbox", _)) => Environment::Sandbox,
+        Some(("production", _)) => Environment::Production,
+        Some((other, at)) => {
             sink.err(
-                line,
+                at,
                 format!("environment {other:?} must be sandbox or production"),
             );
             Environment::Sandbox
@@ -192,22 +185,19 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         match parse_net(p) {
             Ok(n) => proxies.push(n),
             Err(e) => {
-                let line = sink.loc.contains_after(sink.loc.top_key("trusted_proxies"), p);
-                sink.err(line, format!("trusted_proxies: {e}"));
+                sink.err(p.place(), format!("trusted_proxies: {e}"));
             }
         }
     }
-    let mode = match mode.as_deref() {
+    let mode = match mode {
         None => Mode::Enforce,
         Some(m) => Mode::parse(m).unwrap_or_else(|| {
-            let line = sink.loc.top_key("mode");
-            sink.err(line, format!("mode {m:?} must be enforce or shadow"));
+            sink.err(m.place(), format!("mode {:?} must be enforce or shadow", m.as_str()));
             Mode::Enforce
         }),
     };
-    let upstream_timeout = parse_secs(*upstream_timeout, 30.0, "upstream_timeout", sink);
-    let upstream_connect_timeout =
-        parse_secs(*upstream_connect_timeout, 5.0, "upstream_connect_timeout", sink);
+    let upstream_timeout = parse_secs(upstream_timeout, 30.0, "upstream_timeout", sink);
+    let upstream_connect_timeout = parse_secs(upstream_connect_timeout, 5.0, "upstream_connect_timeout", sink);
     let tls = tls.as_ref().and_then(|t| {
         let (cert, key) = (base.join(&t.cert), base.join(&t.key));
         let cert_pem = files.read(&cert).map_err(|e| (cert.clone(), e));
@@ -243,10 +233,10 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         return None;
     }
     Some(Settings {
-        listen: listen.clone(),
+        listen: listen.to_string(),
         admin_listen,
         upstream: upstream_addr?,
-        upstream_text: upstream.clone(),
+        upstream_text: upstream.to_string(),
         environment,
         trusted_proxies: proxies,
         shutdown_grace: shutdown_grace.unwrap_or(10),
@@ -275,35 +265,35 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         external_issuers,
     } = raw;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let max_concurrent_verifications = max_concurrent_verifications.unwrap_or(2 * cores);
+    // A field's value and place, or its default and no place.
+    fn or<T: Copy>(v: &Option<At<T>>, default: T) -> (T, Place) {
+        v.as_ref().map_or((default, Place::default()), |a| (**a, a.place()))
+    }
+    let (max_concurrent_verifications, at) = or(max_concurrent_verifications, 2 * cores);
     if max_concurrent_verifications == 0 || max_concurrent_verifications > 1024 {
-        let line = sink.loc.contains_after(None, "max_concurrent_verifications:");
-        sink.err(line, "tokens.max_concurrent_verifications must be between 1 and 1024");
+        sink.err(at, "tokens.max_concurrent_verifications must be between 1 and 1024");
     }
-    let failure_limit = failure_limit.unwrap_or(10);
+    let (failure_limit, at) = or(failure_limit, 10);
     if failure_limit == 0 {
-        let line = sink.loc.contains_after(None, "failure_limit:");
-        sink.err(line, "tokens.failure_limit must be at least 1");
+        sink.err(at, "tokens.failure_limit must be at least 1");
     }
-    let endpoint = endpoint.clone().unwrap_or_else(|| "/oauth/token".into());
+    let endpoint_at = endpoint.as_ref().map(At::place).unwrap_or_default();
+    let endpoint = endpoint.as_deref().cloned().unwrap_or_else(|| "/oauth/token".into());
     if !endpoint.starts_with('/') || endpoint.contains('?') || endpoint.starts_with("/.well-known/") {
-        let line = sink.loc.pair("endpoint", &endpoint, 0);
-        sink.err(line, format!("tokens.endpoint {endpoint:?} must be a path starting with / (not under /.well-known/)"));
+        sink.err(endpoint_at, format!("tokens.endpoint {endpoint:?} must be a path starting with / (not under /.well-known/)"));
     }
-    let lifetime = lifetime.unwrap_or(3600);
+    let (lifetime, at) = or(lifetime, 3600);
     if lifetime == 0 || lifetime > 86_400 {
-        let line = sink.loc.contains_after(None, "lifetime:");
-        sink.err(line, "tokens.lifetime must be between 1 and 86400 seconds");
+        sink.err(at, "tokens.lifetime must be between 1 and 86400 seconds");
     }
-    let leeway = leeway.unwrap_or(30);
+    let (leeway, at) = or(leeway, 30);
     if leeway > 300 {
-        let line = sink.loc.contains_after(None, "leeway:");
-        sink.err(line, "tokens.leeway must be at most 300 seconds");
+        sink.err(at, "tokens.leeway must be at most 300 seconds");
     }
-    let prefix = client_id_prefix.clone().unwrap_or_default();
+    let prefix = client_id_prefix.as_deref().cloned().unwrap_or_default();
     if !prefix.is_empty() && !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-        let line = sink.loc.contains_after(None, "client_id_prefix:");
-        sink.err(line, "tokens.client_id_prefix may hold only letters, digits, '.', '_' and '-'");
+        let at = client_id_prefix.as_ref().map(At::place).unwrap_or_default();
+        sink.err(at, "tokens.client_id_prefix may hold only letters, digits, '.', '_' and '-'");
     }
     let issuer = issuer.clone().unwrap_or_else(|| "portcullis".into());
     let signer = signing_key.as_ref().and_then(|k| {
@@ -326,12 +316,12 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
     for ext in external_issuers {
         let ExternalIssuerRaw { issuer: ext_iss, audience: ext_aud, jwks_file, jwks_url, permissions_claim, allowed_ips } =
             ext;
-        let line = sink.loc.pair("issuer", ext_iss, 0);
-        if *ext_iss == issuer {
+        let line = ext_iss.place();
+        if **ext_iss == issuer {
             sink.err(line, format!("external issuer {ext_iss:?} is the same as tokens.issuer"));
             continue;
         }
-        if external.iter().any(|e: &crate::token::ExternalIssuer| e.issuer == *ext_iss) {
+        if external.iter().any(|e: &crate::token::ExternalIssuer| e.issuer == **ext_iss) {
             sink.err(line, format!("external issuer {ext_iss:?} is listed twice"));
             continue;
         }
@@ -356,21 +346,20 @@ pub fn tokens(raw: &TokensRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
             }
         }
         let who = format!("external issuer {ext_iss:?}");
-        let ext_ips = allowed_ips.as_ref().map(|list| Arc::from(allowed_ip_list(list, &who, line, sink)));
+        let ext_ips = allowed_ips.as_ref().map(|list| Arc::from(allowed_ip_list(list, &who, sink)));
         // Checked only: fetchers start in the server after the whole load succeeded.
         let jwks_url = match jwks_url {
             Some(u) => match check_jwks_url(u) {
-                Ok(()) => Some(u.clone()),
+                Ok(()) => Some(u.to_string()),
                 Err(e) => {
-                    let l = sink.loc.contains_after(line, "jwks_url").or(line);
-                    sink.err(l, e);
+                    sink.err(u.place(), e);
                     None
                 }
             },
             None => None,
         };
         external.push(crate::token::ExternalIssuer {
-            issuer: ext_iss.clone(),
+            issuer: ext_iss.to_string(),
             audience: ext_aud.clone(),
             permissions_claim: permissions_claim.clone().unwrap_or_else(|| "scope".into()),
             allowed_ips: ext_ips,
@@ -442,7 +431,6 @@ fn check_template(path: &str) -> Result<(), String> {
 /// Compiles `routes:` into a [`RouteTable`].
 pub fn routes(raw: &[RouteRaw], sink: &mut Sink<'_>) -> RouteTable {
     let mut table = RouteTable::default();
-    let mut seen = HashMap::new();
     for r in raw {
         let RouteRaw {
             match_,
@@ -453,8 +441,7 @@ pub fn routes(raw: &[RouteRaw], sink: &mut Sink<'_>) -> RouteTable {
             mode,
             websocket,
         } = r;
-        let n = *seen.entry(match_.clone()).and_modify(|c| *c += 1).or_insert(0usize);
-        let line = sink.loc.pair("match", match_, n);
+        let line = match_.place();
         let Some((method, path)) = match_.trim().split_once(' ') else {
             sink.err(line, format!("route {match_:?} must be \"METHOD /path\""));
             continue;
@@ -537,15 +524,14 @@ pub fn routes(raw: &[RouteRaw], sink: &mut Sink<'_>) -> RouteTable {
     table
 }
 
-/// Parses a permission list, reporting bad entries near `line`.
-fn permissions(list: &[String], line: Option<usize>, who: &str, sink: &mut Sink<'_>) -> Vec<Permission> {
+/// Parses a permission list, reporting each bad entry at its place.
+fn permissions(list: &[At<String>], who: &str, sink: &mut Sink<'_>) -> Vec<Permission> {
     let mut out = Vec::new();
     for s in list {
         match Permission::parse(s) {
             Ok(p) => out.push(p),
             Err(e) => {
-                let l = sink.loc.contains_after(line, s);
-                sink.err(l, format!("{who}: {e}"));
+                sink.err(s.place(), format!("{who}: {e}"));
             }
         }
     }
@@ -554,21 +540,19 @@ fn permissions(list: &[String], line: Option<usize>, who: &str, sink: &mut Sink<
 
 /// Resolves role names to permissions.
 fn role_grants(
-    roles: &[String],
+    roles: &[At<String>],
     custom: &HashMap<String, Vec<Permission>>,
-    line: Option<usize>,
     who: &str,
     sink: &mut Sink<'_>,
 ) -> Vec<Permission> {
     let mut out = Vec::new();
     for r in roles {
-        if let Some(perms) = custom.get(r) {
+        if let Some(perms) = custom.get(r.as_str()) {
             out.extend(perms.iter().cloned());
         } else if let Some(perms) = builtin_role(r) {
             out.extend(perms.iter().filter_map(|p| Permission::parse(p).ok()));
         } else {
-            let l = sink.loc.contains_after(line, r);
-            sink.err(l, format!("{who}: unknown role {r:?}"));
+            sink.err(r.place(), format!("{who}: unknown role {:?}", r.as_str()));
         }
     }
     out
@@ -582,36 +566,23 @@ fn dedup(mut v: Vec<Permission>) -> Arc<[Permission]> {
 
 /// Parses an `allowed_ips` list (a credential's or an external issuer's): at most
 /// [`MAX_ALLOWED_IPS`] entries, each an address or a CIDR, and not empty once parsed.
-fn allowed_ip_list(list: &[String], who: &str, line: Option<usize>, sink: &mut Sink<'_>) -> Vec<IpNet> {
+fn allowed_ip_list(list: &At<Vec<At<String>>>, who: &str, sink: &mut Sink<'_>) -> Vec<IpNet> {
     if list.len() > MAX_ALLOWED_IPS {
-        let l = sink.loc.contains_after(line, "allowed_ips");
-        sink.err(l, format!("{who}: allowed_ips holds {} entries, at most {MAX_ALLOWED_IPS}", list.len()));
+        sink.err(list.place(), format!("{who}: allowed_ips holds {} entries, at most {MAX_ALLOWED_IPS}", list.len()));
     }
     let mut nets = Vec::new();
-    for s in list {
+    for s in list.iter() {
         match parse_net(s) {
             Ok(n) => nets.push(n),
             Err(e) => {
-                let l = sink.loc.contains_after(line, s);
-                sink.err(l, format!("{who}: allowed_ips: {e}"));
+                sink.err(s.place(), format!("{who}: allowed_ips: {e}"));
             }
         }
     }
     if nets.is_empty() {
-        let l = sink.loc.contains_after(line, "allowed_ips");
-        sink.err(l, format!("{who}: allowed_ips is empty; omit it to allow any address, or list some"));
+        sink.err(list.place(), format!("{who}: allowed_ips is empty; omit it to allow any address, or list some"));
     }
     nets
-}
-
-/// Fields common to clients and API keys.
-struct Common<'r> {
-    name: &'r str,
-    roles: &'r [String],
-    permissions: &'r [String],
-    allowed_ips: &'r Option<Vec<String>>,
-    expires: &'r str,
-    description: &'r Option<String>,
 }
 
 struct CommonOut {
@@ -620,31 +591,31 @@ struct CommonOut {
     expires_at: i64,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What clients and API keys share: name, roles and permissions, allowlist, expiry and
+/// description.
 fn common(
-    c: &Common<'_>,
-    kind: &str,
-    line: Option<usize>,
+    c: &EntryRaw<'_>,
     env: Environment,
     custom: &HashMap<String, Vec<Permission>>,
     now: i64,
     sink: &mut Sink<'_>,
     warnings: &mut Vec<String>,
 ) -> CommonOut {
-    let who = format!("{kind} {:?}", c.name);
+    let who = format!("{} {:?}", c.kind.label(), c.name.as_str());
+    let line = c.name.place();
     if !valid_name(c.name) {
         sink.err(line, format!("{who}: name must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}"));
     }
-    let mut grants = role_grants(c.roles, custom, line, &who, sink);
-    grants.extend(permissions(c.permissions, line, &who, sink));
-    let allowed_ips = c.allowed_ips.as_ref().map(|list| allowed_ip_list(list, &who, line, sink));
+    let mut grants = role_grants(c.roles, custom, &who, sink);
+    grants.extend(permissions(c.permissions, &who, sink));
+    let allowed_ips = c.allowed_ips.as_ref().map(|list| allowed_ip_list(list, &who, sink));
     let allow_all = match &allowed_ips {
         None => true,
         Some(n) => n.iter().any(|n| n.prefix_len() == 0),
     };
     if allow_all {
         if env == Environment::Production {
-            let l = sink.loc.contains_after(line, "allowed_ips").filter(|_| allowed_ips.is_some()).or(line);
+            let l = c.allowed_ips.as_ref().map_or(line, At::place);
             sink.err(l, format!("{who}: in production every credential must list its allowed_ips, none allowing every address"));
         } else {
             warnings.push(format!("{who} allows every IP address"));
@@ -653,23 +624,21 @@ fn common(
     let expires_at = match parse_expires(c.expires) {
         Ok(t) => {
             if now >= t {
-                warnings.push(format!("{who} expired ({})", c.expires));
+                warnings.push(format!("{who} expired ({})", c.expires.as_str()));
             } else if t - now <= EXPIRY_WARNING_SECS {
-                warnings.push(format!("{who} expires within 30 days ({})", c.expires));
+                warnings.push(format!("{who} expires within 30 days ({})", c.expires.as_str()));
             }
             t
         }
         Err(e) => {
-            let l = sink.loc.contains_after(line, "expires");
-            sink.err(l, format!("{who}: {e}"));
+            sink.err(c.expires.place(), format!("{who}: {e}"));
             i64::MIN
         }
     };
     if let Some(d) = c.description {
         let n = d.chars().count();
         if !(5..=50).contains(&n) {
-            let l = sink.loc.contains_after(line, "description");
-            sink.err(l, format!("{who}: description must be 5 to 50 characters, not {n}"));
+            sink.err(d.place(), format!("{who}: description must be 5 to 50 characters, not {n}"));
         }
     }
     CommonOut {
@@ -687,12 +656,7 @@ pub fn credentials(
     sink: &mut Sink<'_>,
     warnings: &mut Vec<String>,
 ) -> CredentialStore {
-    let CredentialsRaw {
-        roles,
-        users,
-        clients,
-        api_keys,
-    } = raw;
+    let CredentialsRaw { roles, users, clients: _, api_keys: _ } = raw;
     let custom = custom_roles(roles, sink);
     let mut users_map: HashMap<&str, Vec<Permission>> = HashMap::new();
     for u in users {
@@ -701,166 +665,109 @@ pub fn credentials(
             roles,
             permissions: perms,
         } = u;
-        let line = sink.loc.pair("name", name, users_map.contains_key(name.as_str()) as usize);
-        let who = format!("user {name:?}");
+        let line = name.place();
+        let who = format!("user {:?}", name.as_str());
         if !valid_name(name) {
             sink.err(line, format!("{who}: name must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}"));
         }
-        let mut g = role_grants(roles, &custom, line, &who, sink);
-        g.extend(permissions(perms, line, &who, sink));
-        if users_map.insert(name, g).is_some() {
+        let mut g = role_grants(roles, &custom, &who, sink);
+        g.extend(permissions(perms, &who, sink));
+        if users_map.insert(name.as_str(), g).is_some() {
             sink.err(line, format!("{who} is defined twice"));
         }
     }
 
     let mut store = CredentialStore {
-        users: users.iter().map(|u| u.name.clone()).collect(),
+        users: users.iter().map(|u| u.name.to_string()).collect(),
         custom_roles: roles.keys().cloned().collect(),
         ..Default::default()
     };
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut line_of = |sink: &mut Sink<'_>, key: &str, name: &str| {
-        let n = names.entry(name.to_string()).or_insert(0);
-        let line = sink.loc.pair(key, name, 0);
-        *n += 1;
-        (line, *n > 1)
-    };
-
-    for c in clients {
-        let ClientRaw {
-            id,
-            secret_hash,
-            previous_secret_hashes,
-            roles,
-            permissions,
-            allowed_ips,
-            expires,
-            disabled,
-            description,
-            notes,
-        } = c;
-        let (line, dup) = line_of(sink, "id", id);
-        if dup {
-            let l = sink.loc.pair("id", id, 1).or(line);
-            sink.err(l, format!("name {id:?} is used by more than one credential"));
+    // A second credential of a name is refused where it stands.
+    let mut names: HashSet<&str> = HashSet::new();
+    for e in raw.entries() {
+        let name = e.name.as_str();
+        if !names.insert(name) {
+            sink.err(e.name.place(), format!("name {name:?} is used by more than one credential"));
         }
-        let out = common(
-            &Common { name: id, roles, permissions, allowed_ips, expires, description },
-            "client", line, env, &custom, now, sink, warnings,
-        );
-        let secret = match parse_secret_hash(secret_hash) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                let l = sink.loc.contains_after(line, "secret_hash");
-                sink.err(l, format!("client {id:?}: secret_hash {e}"));
-                None
-            }
-        };
-        let mut previous = Vec::new();
-        for p in previous_secret_hashes {
-            let l = sink.loc.contains_after(line, "previous_secret_hashes");
-            let hash = parse_secret_hash(&p.hash)
-                .map_err(|e| sink.err(l, format!("client {id:?}: previous_secret_hashes: hash {e}")));
-            let until = parse_expires(&p.until)
-                .map_err(|e| sink.err(l, format!("client {id:?}: previous_secret_hashes: until: {e}")));
-            if let (Ok(h), Ok(u)) = (hash, until) {
-                previous.push((h, u));
-            }
-        }
-        if !previous.is_empty() {
-            store.previous_secrets.insert(Arc::from(id.as_str()), previous);
-        }
-        let cred = Arc::new(Credential {
-            id: Arc::from(id.as_str()),
-            kind: CredentialKind::Client,
-            user: None,
-            user_missing: false,
-            roles: roles.clone(),
-            grants: dedup(out.grants),
-            allowed_ips: out.allowed_ips,
-            expires_at: out.expires_at,
-            expires_text: expires.clone(),
-            disabled: *disabled,
-            description: description.clone(),
-            notes: notes.clone(),
-            secret,
-        });
-        store.clients.insert(cred.id.clone(), cred.clone());
-        store.all.push(cred);
-    }
-
-    for k in api_keys {
-        let ApiKeyRaw {
-            name,
-            key_hash,
-            previous_key_hashes,
-            user,
-            roles,
-            permissions,
-            allowed_ips,
-            expires,
-            disabled,
-            description,
-            notes,
-        } = k;
-        let (line, dup) = line_of(sink, "name", name);
-        if dup {
-            let l = sink.loc.pair("name", name, 1).or(line);
-            sink.err(l, format!("name {name:?} is used by more than one credential"));
-        }
-        let out = common(
-            &Common { name, roles, permissions, allowed_ips, expires, description },
-            "api key", line, env, &custom, now, sink, warnings,
-        );
+        let out = common(&e, env, &custom, now, sink, warnings);
         let mut grants = out.grants;
+        let who = format!("{} {name:?}", e.kind.label());
         let mut user_missing = false;
-        if let Some(u) = user {
-            match users_map.get(u.as_str()) {
+        if let Some(u) = e.user {
+            match users_map.get(u) {
                 Some(g) => grants.extend(g.iter().cloned()),
                 None => {
                     user_missing = true;
-                    warnings.push(format!("api key {name:?} is linked to user {u:?}, which does not exist: the key is rejected"));
+                    warnings.push(format!("{who} is linked to user {u:?}, which does not exist: the key is rejected"));
                 }
             }
         }
-        let hash = parse_sha256(key_hash);
-        let Some(hash) = hash else {
-            let l = sink.loc.contains_after(line, "key_hash");
-            sink.err(l, format!("api key {name:?}: key_hash must be sha256:<64 hex>"));
-            continue;
+        let (kind, secret, key_hash) = match e.kind {
+            Kind::Client => {
+                let secret = parse_secret_hash(e.hash)
+                    .map_err(|err| sink.err(e.hash.place(), format!("{who}: secret_hash {err}")))
+                    .ok();
+                (CredentialKind::Client, secret, None)
+            }
+            Kind::ApiKey => match parse_sha256(e.hash) {
+                Some(h) => (CredentialKind::ApiKey, None, Some(h)),
+                None => {
+                    sink.err(e.hash.place(), format!("{who}: key_hash must be sha256:<64 hex>"));
+                    continue;
+                }
+            },
         };
         let cred = Arc::new(Credential {
-            id: Arc::from(name.as_str()),
-            kind: CredentialKind::ApiKey,
-            user: user.as_deref().map(Arc::from),
+            id: Arc::from(name),
+            kind,
+            user: e.user.map(Arc::from),
             user_missing,
-            roles: roles.clone(),
+            roles: strings(e.roles),
             grants: dedup(grants),
             allowed_ips: out.allowed_ips,
             expires_at: out.expires_at,
-            expires_text: expires.clone(),
-            disabled: *disabled,
-            description: description.clone(),
-            notes: notes.clone(),
-            secret: None,
+            expires_text: e.expires.to_string(),
+            disabled: e.disabled,
+            description: e.description.as_deref().cloned(),
+            notes: e.notes.map(str::to_string),
+            secret,
         });
-        if store.by_key_hash.insert(hash, cred.clone()).is_some() || store.previous_key_hashes.contains_key(&hash) {
-            let l = sink.loc.contains_after(line, "key_hash");
-            sink.err(l, format!("api key {name:?}: key_hash is the same as another key's"));
-        }
-        for p in previous_key_hashes {
-            let l = sink.loc.contains_after(line, "previous_key_hashes");
-            let Some(h) = parse_sha256(&p.hash) else {
-                sink.err(l, format!("api key {name:?}: previous_key_hashes: hash must be sha256:<64 hex>"));
-                continue;
-            };
-            match parse_expires(&p.until) {
-                Err(e) => sink.err(l, format!("api key {name:?}: previous_key_hashes: until: {e}")),
-                Ok(until) => {
-                    if store.by_key_hash.contains_key(&h)
-                        || store.previous_key_hashes.insert(h, (cred.clone(), until)).is_some()
-                    {
-                        sink.err(l, format!("api key {name:?}: previous_key_hashes: a hash is the same as another key's"));
+        let prev = e.kind.previous_key();
+        match key_hash {
+            None => {
+                let mut previous = Vec::new();
+                for p in e.previous {
+                    let hash = parse_secret_hash(&p.hash)
+                        .map_err(|err| sink.err(p.hash.place(), format!("{who}: {prev}: hash {err}")));
+                    let until = parse_expires(&p.until)
+                        .map_err(|err| sink.err(p.until.place(), format!("{who}: {prev}: until: {err}")));
+                    if let (Ok(h), Ok(u)) = (hash, until) {
+                        previous.push((h, u));
+                    }
+                }
+                if !previous.is_empty() {
+                    store.previous_secrets.insert(cred.id.clone(), previous);
+                }
+                store.clients.insert(cred.id.clone(), cred.clone());
+            }
+            Some(hash) => {
+                if store.by_key_hash.insert(hash, cred.clone()).is_some() || store.previous_key_hashes.contains_key(&hash) {
+                    sink.err(e.hash.place(), format!("{who}: key_hash is the same as another key's"));
+                }
+                for p in e.previous {
+                    let Some(h) = parse_sha256(&p.hash) else {
+                        sink.err(p.hash.place(), format!("{who}: {prev}: hash must be sha256:<64 hex>"));
+                        continue;
+                    };
+                    match parse_expires(&p.until) {
+                        Err(err) => sink.err(p.until.place(), format!("{who}: {prev}: until: {err}")),
+                        Ok(until) => {
+                            if store.by_key_hash.contains_key(&h)
+                                || store.previous_key_hashes.insert(h, (cred.clone(), until)).is_some()
+                            {
+                                sink.err(p.hash.place(), format!("{who}: {prev}: a hash is the same as another key's"));
+                            }
+                        }
                     }
                 }
             }
@@ -871,13 +778,12 @@ pub fn credentials(
 }
 
 fn custom_roles(
-    roles: &BTreeMap<String, Vec<String>>,
+    roles: &BTreeMap<String, At<Vec<At<String>>>>,
     sink: &mut Sink<'_>,
 ) -> HashMap<String, Vec<Permission>> {
     let mut out = HashMap::new();
-    let roles_line = sink.loc.top_key("roles");
     for (name, perms) in roles {
-        let line = sink.loc.contains_after(roles_line, &format!("{name}:"));
+        let line = perms.place();
         if builtin_role(name).is_some() {
             sink.err(line, format!("role {name:?} is built in and cannot be redefined"));
             continue;
@@ -885,7 +791,7 @@ fn custom_roles(
         if !valid_name(name) {
             sink.err(line, format!("role {name:?}: name must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}"));
         }
-        let p = permissions(perms, line, &format!("role {name:?}"), sink);
+        let p = permissions(perms, &format!("role {name:?}"), sink);
         out.insert(name.clone(), p);
     }
     out
@@ -936,6 +842,58 @@ mod tests {
         assert!(parse_sha256(&format!("sha256:{}", "ab".repeat(31))).is_none());
         assert!(parse_sha256(&format!("sha1:{}", "ab".repeat(32))).is_none());
         assert!(parse_sha256(&format!("sha256:{}", "zz".repeat(32))).is_none());
+    }
+}
+
+#[cfg(test)]
+mod place_tests {
+    use crate::config::{credentials_from_text, ConfigError, Environment};
+    use std::path::Path;
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        credentials_from_text(Path::new("credentials.yaml"), text, Environment::Sandbox, 0).unwrap_err().0
+    }
+
+    fn place(errs: &[ConfigError], needle: &str) -> (Option<usize>, Option<usize>) {
+        let e = errs.iter().find(|e| e.message.contains(needle)).unwrap_or_else(|| panic!("no {needle:?} in {errs:?}"));
+        (e.line, e.column)
+    }
+
+    /// Each error stands at the value it is about, even where a comment or an earlier
+    /// entry holds the same words (a text search took the first such line).
+    #[test]
+    fn places_each_error_at_its_value() {
+        let hash = format!("sha256:{}", "ab".repeat(32));
+        let text = format!(
+            "# expires: soon, roles: nobody, allowed_ips: 10.0.0.1/8\n\
+             api_keys:\n\
+             \x20 - name: good\n\
+             \x20   key_hash: \"{hash}\"\n\
+             \x20   expires: 2030-01-01\n\
+             \x20 - name: bad\n\
+             \x20   key_hash: \"sha256:{}\"\n\
+             \x20   roles: [wallets, nobody]\n\
+             \x20   allowed_ips: [192.0.2.1, 10.0.0.1/8]\n\
+             \x20   expires: someday\n\
+             \x20 - name: good\n\
+             \x20   key_hash: \"sha256:{}\"\n\
+             \x20   expires: 2030-01-01\n",
+            "cd".repeat(32),
+            "ef".repeat(32),
+        );
+        let errs = errors(&text);
+        assert_eq!(place(&errs, "unknown role \"nobody\""), (Some(8), Some(22)), "{errs:?}");
+        assert_eq!(place(&errs, "has host bits set"), (Some(9), Some(30)));
+        assert_eq!(place(&errs, "neither a date"), (Some(10), Some(14)));
+        assert_eq!(place(&errs, "more than one credential"), (Some(11), Some(11)), "the second one");
+    }
+
+    #[test]
+    fn places_a_bad_hash_and_a_custom_role() {
+        let text = "roles:\n  reader: [balances:read, nope]\napi_keys:\n  - name: k\n    key_hash: md5:x\n    expires: 2030-01-01\n";
+        let errs = errors(text);
+        assert_eq!(place(&errs, "key_hash must be"), (Some(5), Some(15)), "{errs:?}");
+        assert_eq!(place(&errs, "role \"reader\""), (Some(2), Some(27)));
     }
 }
 

@@ -24,10 +24,30 @@ pub struct NewEntry {
     pub notes: Option<String>,
 }
 
+/// The editable fields of a credential (SPEC §9: its name and expiry are fixed at
+/// creation). `None` leaves a field as it is; for the optional fields `Some(None)` removes
+/// it (`allowed_ips: Some(None)`: every address).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EntryEdit {
+    pub roles: Option<Vec<String>>,
+    pub permissions: Option<Vec<String>>,
+    pub allowed_ips: Option<Option<Vec<String>>>,
+    pub description: Option<Option<String>>,
+    pub notes: Option<Option<String>>,
+}
+
+impl EntryEdit {
+    pub fn is_empty(&self) -> bool {
+        *self == EntryEdit::default()
+    }
+}
+
 /// What one write does.
 #[derive(Debug, Clone)]
 pub enum Change {
     Create { kind: Kind, entry: NewEntry },
+    /// New roles, permissions, allowlist, description or notes for the named credential.
+    Edit { name: String, edit: EntryEdit },
     /// Disable (`true`) or enable (`false`) the named credential.
     SetDisabled { name: String, disabled: bool },
     Delete { name: String },
@@ -42,7 +62,10 @@ impl Change {
     pub fn name(&self) -> &str {
         match self {
             Change::Create { entry, .. } => &entry.name,
-            Change::SetDisabled { name, .. } | Change::Delete { name } | Change::Rotate { name, .. } => name,
+            Change::Edit { name, .. }
+            | Change::SetDisabled { name, .. }
+            | Change::Delete { name }
+            | Change::Rotate { name, .. } => name,
         }
     }
 }
@@ -116,6 +139,40 @@ pub fn apply(view: &View, change: &Change, now: i64) -> Result<(Value, Option<St
             let pairs: Vec<(String, String)> = fields.iter().map(|(k, t, _)| (k.to_string(), t.clone())).collect();
             Ok((value, edit::append_item(text, kind.section(), &pairs)))
         }
+        Change::Edit { edit: ed, .. } => {
+            let (kind, idx) = found()?;
+            let entry = entry_value(&mut value, kind, idx)?;
+            // (key, the value's one line of text, the parsed value); `None`: remove the key.
+            let mut sets: Vec<(&str, Option<(String, Value)>)> = Vec::new();
+            let list = |l: &Vec<String>| (!l.is_empty()).then(|| (flow_list(l), vlist(l)));
+            if let Some(l) = &ed.roles {
+                sets.push(("roles", list(l)));
+            }
+            if let Some(l) = &ed.permissions {
+                sets.push(("permissions", list(l)));
+            }
+            if let Some(ips) = &ed.allowed_ips {
+                // An empty list is the loader's error, not "every address": keep it as given.
+                sets.push(("allowed_ips", ips.as_ref().map(|l| (flow_list(l), vlist(l)))));
+            }
+            for (key, v) in [("description", &ed.description), ("notes", &ed.notes)] {
+                if let Some(v) = v {
+                    sets.push((key, v.as_ref().map(|d| (quoted(d), vstr(d)))));
+                }
+            }
+            let mut text = Some(text.to_string());
+            for (key, v) in sets {
+                text = text.and_then(|t| match &v {
+                    Some((line, _)) => edit::set_key(&t, kind.section(), idx, key, std::slice::from_ref(line)),
+                    None => edit::remove_key(&t, kind.section(), idx, key),
+                });
+                match v {
+                    Some((_, parsed)) => entry.insert(key.to_string(), parsed),
+                    None => entry.remove(key),
+                };
+            }
+            Ok((value, text))
+        }
         Change::SetDisabled { disabled, .. } => {
             let (kind, idx) = found()?;
             entry_value(&mut value, kind, idx)?.insert("disabled".into(), Value::Bool(*disabled));
@@ -139,7 +196,7 @@ pub fn apply(view: &View, change: &Change, now: i64) -> Result<(Value, Option<St
                         keep.push((p.hash.clone(), p.until.clone()));
                     }
                 }
-                keep.push((old_hash.clone(), span::rfc3339(*until)));
+                keep.push((old_hash.to_string(), span::rfc3339(*until)));
             }
             let entry = entry_value(&mut value, kind, idx)?;
             entry.insert(kind.hash_key().into(), vstr(hash));

@@ -281,4 +281,40 @@ mod tests {
         assert_eq!(raw.api_keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["new"]);
         assert!(store.apply(&Change::Delete { name: "gone".into() }, None, 0).unwrap_err().contains("no client or API key"));
     }
+
+    #[test]
+    fn edits_the_editable_fields_in_place_and_refuses_a_bad_edit() {
+        use super::super::change::EntryEdit;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::resolve(dir.path().join("credentials.yaml"), Environment::Sandbox).unwrap();
+        let file = FILE.replace("    expires", "    # who asked\n    roles:\n      - wallets\n    expires");
+        fs::write(&store.real, &file).unwrap();
+        let edit = EntryEdit {
+            roles: Some(vec!["transactions".into()]),
+            permissions: Some(vec!["balances:read@vault/v-1".into()]),
+            allowed_ips: Some(Some(vec!["192.0.2.0/24".into()])),
+            notes: Some(Some("ops: \"rotate\" yearly".into())),
+            ..Default::default()
+        };
+        let a = store.apply(&Change::Edit { name: "k".into(), edit }, None, 0).unwrap();
+        assert!(a.comments_kept);
+        let k = a.store.all.iter().find(|c| &*c.id == "k").unwrap();
+        assert_eq!(k.roles, ["transactions"]);
+        assert!(k.grants.iter().any(|g| g.as_str() == "balances:read@vault/v-1"));
+        assert_eq!(k.allowed_ips.as_ref().map(Vec::len), Some(1));
+        assert_eq!(k.notes.as_deref(), Some("ops: \"rotate\" yearly"));
+        let text = fs::read_to_string(&store.real).unwrap();
+        assert!(text.contains("# who asked\n") && !text.contains("wallets"), "{text}");
+        // Back to every address, no notes; the other fields stay.
+        let edit = EntryEdit { allowed_ips: Some(None), notes: Some(None), ..Default::default() };
+        let a = store.apply(&Change::Edit { name: "k".into(), edit }, Some(a.version), 0).unwrap();
+        let k = a.store.all.iter().find(|c| &*c.id == "k").unwrap();
+        assert!(k.allowed_ips.is_none() && k.notes.is_none() && k.roles == ["transactions"]);
+        // An edit the loader refuses is not written.
+        let before = fs::read_to_string(&store.real).unwrap();
+        let edit = EntryEdit { roles: Some(vec!["no-such-role".into()]), ..Default::default() };
+        let e = store.apply(&Change::Edit { name: "k".into(), edit }, None, 0).unwrap_err();
+        assert!(e.contains("unknown role"), "{e}");
+        assert_eq!(fs::read_to_string(&store.real).unwrap(), before);
+    }
 }

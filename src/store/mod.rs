@@ -11,7 +11,7 @@ pub mod secret;
 pub mod span;
 pub mod yaml;
 
-pub use change::{Change, NewEntry};
+pub use change::{Change, EntryEdit, NewEntry};
 pub use file::{Applied, FileStore, Version};
 pub use kind::Kind;
 

@@ -608,6 +608,46 @@ fn disable_and_enable_edit_one_line_and_keep_everything_else() {
 }
 
 #[test]
+fn edit_replaces_only_the_fields_given_and_keeps_name_expiry_and_comments() {
+    let _g = shared();
+    let fx = Fx::new();
+    let before = fx.creds();
+    fx.cli(&["edit", "vault-reader", "--permission", "balances:read@vault/v-2", "--role", "reporting", "--notes", "moved to v-2"])
+        .ok("edit");
+    let after = fx.creds();
+    assert!(after.contains("  - name: vault-reader   # trailing comment\n"), "{after}");
+    assert!(after.contains("    permissions: [\"balances:read@vault/v-2\"]\n"), "{after}");
+    assert!(after.contains("    allowed_ips: [\"192.0.2.0/24\"]\n    expires: 2099-12-31\n"), "untouched fields stay: {after}");
+    assert!(after.contains("# End of file (keep this comment).\n"));
+    let snap = fx.load(now());
+    let c = snap.credentials.all.iter().find(|c| &*c.id == "vault-reader").expect("still there");
+    let grants: Vec<&str> = c.grants.iter().map(|g| g.as_str()).collect();
+    assert!(grants.contains(&"balances:read@vault/v-2") && grants.contains(&"transactions:read"), "{grants:?}");
+    assert!(!grants.contains(&"balances:read@vault/v-1"), "the old list is replaced: {grants:?}");
+    assert_eq!(c.notes.as_deref(), Some("moved to v-2"));
+    assert_eq!(c.expires_text, "2099-12-31");
+
+    // Back to any address, roles cleared.
+    fx.cli(&["edit", "vault-reader", "--all-ips", "--clear-roles"]).ok("edit again");
+    let c = fx.load(now()).credentials.all.iter().find(|c| &*c.id == "vault-reader").cloned().expect("there");
+    assert!(c.allowed_ips.is_none() && c.roles.is_empty());
+
+    // Refused: nothing to change, an unknown role, an unknown name; the file is unchanged.
+    let now_text = fx.creds();
+    for (args, says) in [
+        (vec!["edit", "vault-reader"], "nothing to change"),
+        (vec!["edit", "vault-reader", "--role", "no-such-role"], "unknown role"),
+        (vec!["edit", "nobody-here", "--notes", "x"], "no client or API key named"),
+    ] {
+        let out = fx.cli(&args);
+        assert_eq!(out.code, 1, "{args:?}");
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+        assert_eq!(fx.creds(), now_text);
+    }
+    assert_ne!(before, now_text);
+}
+
+#[test]
 fn delete_asks_unless_yes_and_removes_the_entry_with_its_comment() {
     let _g = shared();
     let fx = Fx::new();

@@ -186,6 +186,17 @@ pub struct CredentialStore {
 }
 
 impl CredentialStore {
+    /// The client or API key named `name` (a linear scan: for the CLI and the management
+    /// API, not the request path).
+    pub fn find(&self, name: &str) -> Option<&Arc<Credential>> {
+        self.all.iter().find(|c| &*c.id == name)
+    }
+
+    /// The effective permissions of `name`; none when there is no such credential.
+    pub fn grants_of(&self, name: &str) -> Vec<crate::permission::Permission> {
+        self.find(name).map(|c| c.grants.to_vec()).unwrap_or_default()
+    }
+
     /// Lets `cred` also authenticate with a secret whose SHA-256 is `probe` (an API key's
     /// key, a client's secret): for `explain`, which runs the real token endpoint and
     /// pipeline on its private copy of a snapshot with a throwaway secret.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Quick start: ./examples/quickstart.sh
 # Builds portcullis, starts the mock wallet upstream (examples/mock_wallet.rs) on
-# 127.0.0.1:3000 and the sidecar on 127.0.0.1:8080 with config/portcullis.yaml, shows one
-# request allowed and some denied, then keeps both running until Ctrl-C.
+# 127.0.0.1:3000 and the sidecar on 127.0.0.1:8080 with config/portcullis.yaml (its
+# console and management API on 127.0.0.1:9443), shows one request allowed and some
+# denied, then keeps both running until Ctrl-C.
 # QUICKSTART_EXIT=1 stops after the demo (used by CI to keep this script true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +66,13 @@ show curl -H "Authorization: Bearer $token" http://127.0.0.1:8080/v1/transaction
 echo
 echo "==> denied: the reporting token may not create vaults (403)"
 show curl -X POST -H "Authorization: Bearer $token" http://127.0.0.1:8080/v1/vaults
+echo
+echo "==> the management API: the example administrator lists the OAuth clients"
+show curl -H 'x-api-key: example-admin-key-not-secret' 'http://127.0.0.1:9443/api/v1/credentials?kind=client'
+echo
+echo "==> the API Access console: open http://127.0.0.1:9443/ and sign in with the example"
+echo "    administrator's API key: example-admin-key-not-secret"
+echo "    (changes made there are written to config/credentials.yaml and in force at once)"
 echo
 echo "Audit log: /tmp/portcullis-audit.log"
 if [ "${QUICKSTART_EXIT:-0}" = "1" ]; then exit 0; fi

@@ -9,6 +9,8 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod last_used;
+pub mod manage;
 pub mod metrics;
 pub mod permission;
 pub mod pipeline;

@@ -125,6 +125,7 @@ fn serve(path: PathBuf) -> ExitCode {
     metrics.on_snapshot(&snap, config::unix_now());
     let admin_listen = snap.settings.admin_listen.clone();
     let shared: config::Shared = Arc::new(ArcSwap::from_pointee(snap));
+    let last_used = portcullis::last_used::LastUsed::for_config(&path);
     let (m, s) = (metrics.clone(), shared.clone());
     let reload = portcullis::reload::reload_service(path, shared.clone(), move |r: &portcullis::reload::ReloadResult| {
         let now = config::unix_now();
@@ -145,7 +146,7 @@ fn serve(path: PathBuf) -> ExitCode {
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Portcullis { config: shared.clone(), metrics: metrics.clone(), in_flight: in_flight.clone() },
+        Portcullis { config: shared.clone(), metrics: metrics.clone(), in_flight: in_flight.clone(), last_used: Some(last_used.clone()) },
         "portcullis proxy",
     );
     // CONNECT reaches our own filters, which refuse it with SPEC §5's JSON 405 and an audit
@@ -173,13 +174,42 @@ fn serve(path: PathBuf) -> ExitCode {
     }
     server.add_service(proxy);
     server.add_service(portcullis::admin::service(metrics, &admin_listen, &listen));
+    if let Some(mgmt) = shared.load().settings.management.clone() {
+        let credentials_file = shared.load().settings.credentials_file.clone();
+        let manager = Arc::new(portcullis::manage::Manager {
+            config: shared.clone(),
+            sessions: Default::default(),
+            queue: portcullis::manage::approval::Queue::open(Some(portcullis::manage::approval::queue_path(&credentials_file))),
+            last_used: Some(last_used.clone()),
+            nudge: Some(reload.nudge()),
+            tls: mgmt.tls.is_some(),
+        });
+        match portcullis::manage::service(manager, &mgmt) {
+            Ok(s) => {
+                server.add_service(s);
+            }
+            Err(e) => {
+                eprintln!("portcullis: cannot start the management listener: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        tracing::info!(listen = %mgmt.listen, "management API and console listening");
+    }
     server.add_service(pingora::services::background::background_service("config reload", reload));
+    server.add_service(pingora::services::background::background_service("last used", last_used.service()));
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(portcullis::shutdown::DrainingShutdown {
             in_flight,
             grace: std::time::Duration::from_secs(grace),
+            before_exit: Some({
+                let l = last_used.clone();
+                Arc::new(move || {
+                    let _ = l.flush();
+                })
+            }),
         }),
     });
+    let _ = last_used.flush();
     portcullis::telemetry::flush_audit(std::time::Duration::from_secs(2));
     ExitCode::SUCCESS
 }

@@ -7,13 +7,15 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-/// One CRUD operation, as a bit in an [`ActionSet`].
+/// One operation, as a bit in an [`ActionSet`]: the four of CRUD, and `approve` (which
+/// means something only for `api_access`, SPEC §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     Create,
     Read,
     Update,
     Delete,
+    Approve,
 }
 
 impl Action {
@@ -23,16 +25,19 @@ impl Action {
             Action::Read => 2,
             Action::Update => 4,
             Action::Delete => 8,
+            Action::Approve => 16,
         }
     }
 
-    /// Parses a single action: `create`, `read` (or its alias `view`), `update`, `delete`.
+    /// Parses a single action: `create`, `read` (or its alias `view`), `update`, `delete`,
+    /// `approve`.
     pub fn parse_single(s: &str) -> Option<Action> {
         match s {
             "create" => Some(Action::Create),
             "read" | "view" => Some(Action::Read),
             "update" => Some(Action::Update),
             "delete" => Some(Action::Delete),
+            "approve" => Some(Action::Approve),
             _ => None,
         }
     }
@@ -43,16 +48,20 @@ impl Action {
             Action::Read => "read",
             Action::Update => "update",
             Action::Delete => "delete",
+            Action::Approve => "approve",
         }
     }
 }
 
-/// A set of actions; `change` and `*` are all four.
+/// A set of actions; `change` is the four of CRUD, `*` all five.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ActionSet(u8);
 
 impl ActionSet {
-    pub const ALL: ActionSet = ActionSet(15);
+    /// `change`: create, read, update, delete.
+    pub const CHANGE: ActionSet = ActionSet(15);
+    /// `*`: every action, `approve` included.
+    pub const ALL: ActionSet = ActionSet(31);
 
     pub fn contains(self, a: Action) -> bool {
         self.0 & a.bit() != 0
@@ -60,7 +69,8 @@ impl ActionSet {
 
     fn parse(s: &str) -> Option<ActionSet> {
         match s {
-            "change" | "*" => Some(ActionSet::ALL),
+            "change" => Some(ActionSet::CHANGE),
+            "*" => Some(ActionSet::ALL),
             other => Action::parse_single(other).map(|a| ActionSet(a.bit())),
         }
     }
@@ -98,7 +108,7 @@ pub enum PermissionError {
     Shape(String),
     #[error("permission {0:?}: type must be an identifier ([a-z0-9_-]) or *")]
     Type(String),
-    #[error("permission {0:?}: action must be create, read, update, delete, change, view or *")]
+    #[error("permission {0:?}: action must be create, read, update, delete, approve, change, view or *")]
     Action(String),
     #[error("permission {0:?}: scope must be org, vault or key")]
     Scope(String),
@@ -271,7 +281,7 @@ impl Requirement {
             return Err(format!("require {s:?}: type must be an identifier ([a-z0-9_-])"));
         }
         let action = Action::parse_single(a).ok_or_else(|| {
-            format!("require {s:?}: action must be one of create, read, update, delete, view")
+            format!("require {s:?}: action must be one of create, read, update, delete, approve, view")
         })?;
         Ok(Requirement {
             rtype: Arc::from(t),

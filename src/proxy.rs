@@ -8,8 +8,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::config::{unix_now, Shared, Snapshot};
-use crate::pipeline::{self, client_ip, Decision, Permit, RequestView};
+use crate::config::{unix_now, CredentialKind, Shared, Snapshot};
+use crate::pipeline::{self, client_ip, Decision, Identity, Permit, RequestView};
 use crate::metrics::Outcome;
 use crate::token::endpoint::{self, Answered, Reply, Which};
 use crate::rejection::{Reason, Rejection};
@@ -21,6 +21,8 @@ pub struct Portcullis {
     /// Requests in flight, for graceful shutdown.
     pub in_flight: Arc<crate::shutdown::InFlight>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// When each credential last authenticated (SPEC §9); `None` keeps no such record.
+    pub last_used: Option<Arc<crate::last_used::LastUsed>>,
 }
 
 /// What a request turned out to be, as the phases learn it: one value, so the audit log
@@ -188,9 +190,24 @@ impl Portcullis {
         let Some(reply) = reply else {
             return Error::e_explain(InternalError, "token settings vanished");
         };
+        // A token issued is the client authenticating (with its secret).
+        if let (Answered::Issued(client), Some(table)) = (&reply.outcome, &self.last_used) {
+            table.record(client, unix_now());
+        }
         respond_reply(session, &reply, &ctx.request_id).await?;
         ctx.fate = Fate::Endpoint { answered: reply.outcome, client_ip };
         Ok(true)
+    }
+
+    /// Notes that `identity` authenticated at `now`, whatever was decided after (a denial
+    /// by address, route or permission still came from the credential). An external
+    /// issuer's subject is not a credential of the file and is not noted.
+    fn note_use(&self, identity: Option<&Identity>, now: i64) {
+        if let (Some(table), Some(i)) = (&self.last_used, identity) {
+            if i.kind != CredentialKind::External {
+                table.record(&i.credential, now);
+            }
+        }
     }
 
     async fn token_request(&self, session: &mut Session, ctx: &Ctx, peer: IpAddr, ip: &mut Option<IpAddr>) -> Reply {
@@ -291,8 +308,10 @@ impl ProxyHttp for Portcullis {
             peer,
         };
         let started = Instant::now();
-        let decision = pipeline::decide(&ctx.snap, &view, unix_now());
+        let now = unix_now();
+        let decision = pipeline::decide(&ctx.snap, &view, now);
         self.metrics.observe_auth(decision.identity.as_ref().map(|i| i.kind), started.elapsed());
+        self.note_use(decision.identity.as_ref(), now);
         let denied = decision.result.as_ref().err().cloned();
         ctx.fate = Fate::Decided { decision, failed: None };
         match denied {

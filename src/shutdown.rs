@@ -43,6 +43,8 @@ impl Drop for InFlightGuard {
 pub struct DrainingShutdown {
     pub in_flight: Arc<InFlight>,
     pub grace: Duration,
+    /// Runs just before the process exits after a drain (the last-use times' final write).
+    pub before_exit: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 #[async_trait]
@@ -69,8 +71,8 @@ impl ShutdownSignalWatch for DrainingShutdown {
             }
         }
         tracing::info!(in_flight = self.in_flight.get(), grace_secs = self.grace.as_secs(), "SIGTERM: draining");
-        let (in_flight, grace) = (self.in_flight.clone(), self.grace);
-        let spawned = std::thread::Builder::new().name("drain".into()).spawn(move || drain(&in_flight, grace));
+        let (in_flight, grace, before_exit) = (self.in_flight.clone(), self.grace, self.before_exit.clone());
+        let spawned = std::thread::Builder::new().name("drain".into()).spawn(move || drain(&in_flight, grace, before_exit));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot watch the drain; waiting the whole grace period");
         }
@@ -80,13 +82,16 @@ impl ShutdownSignalWatch for DrainingShutdown {
 
 /// Exits 0 as soon as no request is in flight; returns (leaving pingora to finish at the
 /// end of its grace period) if requests are still running when `grace` has passed.
-fn drain(in_flight: &InFlight, grace: Duration) {
+fn drain(in_flight: &InFlight, grace: Duration, before_exit: Option<Arc<dyn Fn() + Send + Sync>>) {
     let start = Instant::now();
     // Let pingora stop its listeners first, so no new request slips in after we look.
     std::thread::sleep(Duration::from_millis(100));
     while start.elapsed() < grace {
         if in_flight.get() == 0 {
             tracing::info!(after_ms = start.elapsed().as_millis() as u64, "drained; exiting");
+            if let Some(f) = &before_exit {
+                f();
+            }
             crate::telemetry::flush_audit(Duration::from_secs(2));
             std::process::exit(0);
         }

@@ -71,6 +71,29 @@ pub fn audit(r: &AuditRecord<'_>) {
     }
 }
 
+/// Writes one management audit line (SPEC §9): `line` holds `kind: "management"` and the
+/// fields of the request; the envelope (`timestamp`, `level`, `message`) is added here,
+/// as on a decision's line. The caller puts no secret or hash in it.
+pub fn audit_management(line: serde_json::Value) {
+    if !tracing::enabled!(target: "audit", tracing::Level::INFO) {
+        return;
+    }
+    let mut out = serde_json::Map::new();
+    out.insert("timestamp".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into());
+    out.insert("level".into(), "INFO".into());
+    out.insert("message".into(), "management".into());
+    // No tracing `target` here: SPEC §9's line has a `target` of its own (the credential
+    // or request acted on); `kind: "management"` tells these lines apart.
+    if let serde_json::Value::Object(fields) = line {
+        out.extend(fields);
+    }
+    let mut buf = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut buf, &out).is_ok() {
+        buf.push(b'\n');
+        writer().send(buf);
+    }
+}
+
 #[derive(serde::Serialize)]
 struct AuditLine<'a> {
     timestamp: String,

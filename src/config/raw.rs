@@ -114,8 +114,37 @@ pub struct MainRaw {
     pub mode: Option<At<String>>,
     #[serde(default)]
     pub tokens: Option<TokensRaw>,
+    /// The management API and console (SPEC §9).
+    #[serde(default)]
+    pub management: Option<ManagementRaw>,
     #[serde(default)]
     pub routes: Vec<RouteRaw>,
+}
+
+/// `management:` — the management API and the console (SPEC §9).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementRaw {
+    pub listen: At<String>,
+    /// Required unless `listen` is a loopback address.
+    #[serde(default)]
+    pub tls: Option<TlsRaw>,
+    /// A new credential's expiry when none is given (default `365d`).
+    #[serde(default)]
+    pub default_expiry: Option<At<String>>,
+    #[serde(default)]
+    pub approval: Option<ApprovalRaw>,
+}
+
+/// `management.approval:` — maker-checker for new credentials.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRaw {
+    #[serde(default)]
+    pub required: bool,
+    /// An unanswered request is dropped after this long (default `7d`).
+    #[serde(default)]
+    pub expires_after: Option<At<String>>,
 }
 
 /// `tls:` — certificate chain and private key (PEM), relative to the main config.
@@ -255,6 +284,11 @@ pub struct ClientRaw {
     pub description: Option<At<String>>,
     #[serde(default)]
     pub notes: Option<String>,
+    /// When and by whom the management API created it (RFC 3339; an actor's name).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +314,11 @@ pub struct ApiKeyRaw {
     pub description: Option<At<String>>,
     #[serde(default)]
     pub notes: Option<String>,
+    /// When and by whom the management API created it (RFC 3339; an actor's name).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 /// A replaced key or secret hash that keeps working until `until` (a date or an RFC 3339
@@ -308,6 +347,8 @@ pub struct EntryRaw<'a> {
     pub disabled: bool,
     pub description: &'a Option<At<String>>,
     pub notes: Option<&'a str>,
+    pub created_at: Option<&'a str>,
+    pub created_by: Option<&'a str>,
 }
 
 impl CredentialsRaw {
@@ -326,6 +367,8 @@ impl CredentialsRaw {
             disabled: c.disabled,
             description: &c.description,
             notes: c.notes.as_deref(),
+            created_at: c.created_at.as_deref(),
+            created_by: c.created_by.as_deref(),
         });
         let keys = self.api_keys.iter().map(|k| EntryRaw {
             kind: crate::store::Kind::ApiKey,
@@ -340,6 +383,8 @@ impl CredentialsRaw {
             disabled: k.disabled,
             description: &k.description,
             notes: k.notes.as_deref(),
+            created_at: k.created_at.as_deref(),
+            created_by: k.created_by.as_deref(),
         });
         clients.chain(keys)
     }

@@ -54,6 +54,23 @@ pub struct Settings {
     /// TLS on the listener; the certificate is served from the current snapshot.
     pub tls: Option<crate::tls::ListenerTls>,
     pub upstream_tls: Option<crate::tls::UpstreamTls>,
+    /// The credentials file (SPEC §4), as the main config names it.
+    pub credentials_file: PathBuf,
+    /// The management listener, when configured (SPEC §9).
+    pub management: Option<ManagementSettings>,
+}
+
+/// `management:` validated.
+#[derive(Debug, Clone)]
+pub struct ManagementSettings {
+    pub listen: String,
+    /// The certificate and key files (PEM) when the listener speaks TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Seconds from now of a new credential's expiry when none is given.
+    pub default_expiry: i64,
+    pub approval_required: bool,
+    /// Seconds an unanswered approval request waits before it is dropped.
+    pub approval_expires_after: i64,
 }
 
 /// Where the protected API is.

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use super::error::ConfigError;
 use super::gather::Gather;
-use super::raw::{strings, At, CredentialsRaw, EntryRaw, ExternalIssuerRaw, MainRaw, Place, RouteRaw, TokensRaw, UserRaw};
+use super::raw::{strings, At, CredentialsRaw, EntryRaw, ExternalIssuerRaw, MainRaw, ManagementRaw, Place, RouteRaw, TokensRaw, UserRaw};
 use crate::store::Kind;
 use super::snapshot::*;
 use crate::permission::{builtin_role, Permission, Requirement};
@@ -148,6 +148,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         upstream_tls,
         tokens: _,
         routes: _,
+        management,
     } = raw;
     let mut ok = true;
     if listen.parse::<SocketAddr>().is_err() {
@@ -229,10 +230,13 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         };
         Some(crate::tls::UpstreamTls { sni, verify: u.verify.unwrap_or(true), ca, ca_path })
     });
+    let management = management.as_ref().and_then(|m| management_settings(m, base, sink));
     if !ok {
         return None;
     }
     Some(Settings {
+        credentials_file: credentials_path(raw, base),
+        management,
         listen: listen.to_string(),
         admin_listen,
         upstream: upstream_addr?,
@@ -245,6 +249,56 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         mode,
         tls,
         upstream_tls,
+    })
+}
+
+/// Validates `management:`: its listener (TLS unless on loopback) and durations.
+fn management_settings(m: &ManagementRaw, base: &Path, sink: &mut Sink<'_>) -> Option<ManagementSettings> {
+    let ManagementRaw { listen, tls, default_expiry, approval } = m;
+    let mut ok = true;
+    match listen.parse::<SocketAddr>() {
+        Err(_) => {
+            sink.err(listen.place(), format!("management.listen {listen:?} is not an address:port"));
+            ok = false;
+        }
+        Ok(a) if tls.is_none() && !a.ip().is_loopback() => {
+            sink.err(
+                listen.place(),
+                format!("management.listen {listen:?} is not a loopback address, so management.tls is required (credentials and session cookies would cross the network in the clear)"),
+            );
+            ok = false;
+        }
+        Ok(_) => {}
+    }
+    let mut duration = |v: Option<&At<String>>, what: &str, default: i64| match v {
+        None => default,
+        Some(v) => crate::store::span::parse_duration(v, what).unwrap_or_else(|e| {
+            sink.err(v.place(), e);
+            ok = false;
+            default
+        }),
+    };
+    let default_expiry = duration(default_expiry.as_ref(), "management.default_expiry", 365 * 86_400);
+    let expires_after = duration(
+        approval.as_ref().and_then(|a| a.expires_after.as_ref()),
+        "management.approval.expires_after",
+        7 * 86_400,
+    );
+    let tls = tls.as_ref().map(|t| (base.join(&t.cert), base.join(&t.key)));
+    if let Some((cert, key)) = &tls {
+        for f in [cert, key] {
+            if !f.is_file() {
+                sink.err(listen.place(), format!("management.tls: {} is not a readable file", f.display()));
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| ManagementSettings {
+        listen: listen.to_string(),
+        tls,
+        default_expiry,
+        approval_required: approval.as_ref().is_some_and(|a| a.required),
+        approval_expires_after: expires_after,
     })
 }
 

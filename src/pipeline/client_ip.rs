@@ -66,6 +66,8 @@ mod tests {
             mode: crate::config::Mode::Enforce,
             tls: None,
             upstream_tls: None,
+            credentials_file: Default::default(),
+            management: None,
         }
     }
     fn ip(s: &str) -> IpAddr {

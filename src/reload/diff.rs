@@ -3,7 +3,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 
-use crate::config::{Credential, CredentialStore, Route, Settings, Snapshot};
+use crate::config::{Credential, CredentialStore, ManagementSettings, Route, Settings, Snapshot};
 
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +141,8 @@ fn diff_settings(old: &Settings, new: &Settings) -> Vec<&'static str> {
         mode,
         tls,
         upstream_tls,
+        credentials_file,
+        management,
     } = old;
     let mut changed = Vec::new();
     let mut check = |differs: bool, name: &'static str| {
@@ -165,7 +167,24 @@ fn diff_settings(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check(*mode != new.mode, "mode");
     check(*tls != new.tls, "tls");
     check(*upstream_tls != new.upstream_tls, "upstream_tls");
+    check(*credentials_file != new.credentials_file, "credentials_file");
+    check(management_differs(management.as_ref(), new.management.as_ref()), "management");
     changed
+}
+
+fn management_differs(old: Option<&ManagementSettings>, new: Option<&ManagementSettings>) -> bool {
+    match (old, new) {
+        (None, None) => false,
+        (Some(o), Some(n)) => {
+            let ManagementSettings { listen, tls, default_expiry, approval_required, approval_expires_after } = o;
+            *listen != n.listen
+                || *tls != n.tls
+                || *default_expiry != n.default_expiry
+                || *approval_required != n.approval_required
+                || *approval_expires_after != n.approval_expires_after
+        }
+        _ => true,
+    }
 }
 
 type Lists<T> = (Vec<String>, Vec<String>, Vec<T>);

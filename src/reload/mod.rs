@@ -56,8 +56,10 @@ pub enum Trigger {
     Signal,
     /// The slow poll.
     Poll,
-    /// A direct call (tests, a future admin endpoint).
+    /// A direct call (tests).
     Manual,
+    /// A write through the credential store (the management API).
+    Write,
 }
 
 impl Trigger {
@@ -67,6 +69,7 @@ impl Trigger {
             Trigger::Signal => "signal",
             Trigger::Poll => "poll",
             Trigger::Manual => "manual",
+            Trigger::Write => "write",
         }
     }
 }
@@ -192,6 +195,21 @@ fn keep_startup_settings(running: &Settings, new: &mut Settings) -> Vec<&'static
     if new.tls.is_some() != running.tls.is_some() {
         new.tls.clone_from(&running.tls);
         kept.push("tls");
+    }
+    // The management listener starts with the server; its other settings apply at once.
+    match (&running.management, &mut new.management) {
+        (Some(r), Some(n)) => {
+            if n.listen != r.listen || n.tls != r.tls {
+                n.listen.clone_from(&r.listen);
+                n.tls.clone_from(&r.tls);
+                kept.push("management.listen");
+            }
+        }
+        (None, None) => {}
+        (r, n) => {
+            n.clone_from(r);
+            kept.push("management");
+        }
     }
     kept
 }

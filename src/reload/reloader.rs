@@ -189,6 +189,16 @@ pub(super) fn relevance(event: &notify::Result<notify::Event>, watch: &WatchSet)
             return Relevance::None;
         }
     }
+    // The sidecar's own state beside the credentials file (last-use times, the approval
+    // queue) and their temporary files: written by this process, never config.
+    let state = |p: &PathBuf| {
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            (n.contains(".last-used.json") || n.contains(".requests.")) && (n.ends_with(".json") || n.ends_with(".tmp"))
+        })
+    };
+    if !ev.paths.is_empty() && ev.paths.iter().all(state) {
+        return Relevance::None;
+    }
     let ours = |p: &PathBuf| {
         watch.dirs.contains(p)
             || p.file_name()

@@ -8,7 +8,8 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::Shared;
@@ -19,6 +20,15 @@ use super::*;
 /// `server.add_service(background_service("config reload", service))`.
 pub struct ReloadService {
     reloader: Reloader,
+    nudge: Arc<Notify>,
+}
+
+impl ReloadService {
+    /// Notified by a writer of the config (the management API) after a write: the files
+    /// are checked at once rather than after the watcher's debounce.
+    pub fn nudge(&self) -> Arc<Notify> {
+        self.nudge.clone()
+    }
 }
 
 /// The reload service for the config at `config_path` (as given to `config::load`),
@@ -32,6 +42,7 @@ pub fn reload_service(
 ) -> ReloadService {
     ReloadService {
         reloader: Reloader::new(config_path, shared, observer),
+        nudge: Arc::new(Notify::new()),
     }
 }
 
@@ -88,6 +99,12 @@ impl BackgroundService for ReloadService {
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                     burst = None;
                     self.reloader.check(Trigger::Watch);
+                    watch = self.reloader.watch_set();
+                    watcher.update(&watch.dirs);
+                }
+                _ = self.nudge.notified() => {
+                    burst = None;
+                    self.reloader.check(Trigger::Write);
                     watch = self.reloader.watch_set();
                     watcher.update(&watch.dirs);
                 }

@@ -390,6 +390,10 @@ fn classifies_events_by_kind_and_name() {
     );
     // Anything else nearby.
     assert_eq!(rel(ev(data, "/etc/p/stdout.log")), Relevance::Nearby);
+    // The sidecar's own state files are not config.
+    for own in ["/etc/p/credentials.yaml.last-used.json", "/etc/p/.credentials.yaml.last-used.json.42.tmp", "/etc/p/credentials.yaml.requests.json", "/etc/p/credentials.yaml.requests.0a1b2c3d.tmp"] {
+        assert_eq!(rel(ev(EventKind::Create(CreateKind::File), own)), Relevance::None, "{own}");
+    }
     assert_eq!(
         rel(ev(
             EventKind::Create(CreateKind::File),

@@ -22,6 +22,9 @@ pub struct NewEntry {
     pub expires: String,
     pub description: Option<String>,
     pub notes: Option<String>,
+    /// Set by the management API: when (RFC 3339) and by whom.
+    pub created_at: Option<String>,
+    pub created_by: Option<String>,
 }
 
 /// The editable fields of a credential (SPEC §9: its name and expiry are fixed at
@@ -133,6 +136,11 @@ pub fn apply(view: &View, change: &Change, now: i64) -> Result<(Value, Option<St
             }
             if let Some(n) = &e.notes {
                 fields.push(("notes", quoted(n), vstr(n)));
+            }
+            for (key, v) in [("created_at", &e.created_at), ("created_by", &e.created_by)] {
+                if let Some(v) = v {
+                    fields.push((key, quoted(v), vstr(v)));
+                }
             }
             let entry: Map<String, Value> = fields.iter().map(|(k, _, v)| (k.to_string(), v.clone())).collect();
             section_seq(&mut value, kind.section())?.push(Value::Object(entry));

@@ -14,7 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::change::{self, Change};
-use super::Store;
+use super::{Store, StoreError};
 use crate::config::raw::CredentialsRaw;
 use crate::config::{self, parent_dir, CredentialStore, Environment};
 
@@ -126,16 +126,16 @@ impl FileStore {
         old: &View,
         new_text: &str,
         now: i64,
-    ) -> Result<(CredentialStore, Vec<String>), String> {
-        let validated = config::credentials_from_text(&self.shown, new_text, self.env, now).map_err(|errs| {
-            format!("the change was not written: the sidecar would refuse the resulting file:\n{errs}")
+    ) -> Result<(CredentialStore, Vec<String>), StoreError> {
+        let validated = config::credentials_from_text(&self.shown, new_text, self.env, now).map_err(StoreError::Invalid)?;
+        self.write_atomic(lock, old.version, new_text).map_err(|e| match e {
+            StoreError::Other(e) => StoreError::Other(format!("cannot write {}: {e}; the file is unchanged", self.label())),
+            e => e,
         })?;
-        self.write_atomic(lock, old.version, new_text)
-            .map_err(|e| format!("cannot write {}: {e}; the file is unchanged", self.label()))?;
         Ok(validated)
     }
 
-    fn write_atomic(&self, lock: &Lock, expected: Version, text: &str) -> Result<(), String> {
+    fn write_atomic(&self, lock: &Lock, expected: Version, text: &str) -> Result<(), StoreError> {
         let path = &self.real;
         let meta = fs::metadata(path).ok();
         let mode = meta.as_ref().map_or(0o600, |m| m.permissions().mode() & 0o7777);
@@ -159,7 +159,10 @@ impl FileStore {
             // Someone (an editor, a deploy) changed the file since it was read: the version
             // is stale, and their change is not overwritten.
             if Version::of(fs::read_to_string(path).ok().as_deref()) != expected {
-                return Err("it was changed by someone else while this command ran; run the command again".to_string());
+                return Err(StoreError::Stale(format!(
+                    "{} was changed by someone else while this command ran; run the command again",
+                    self.label()
+                )));
             }
             fs::rename(&tmp, path).map_err(|e| format!("cannot rename {} over it: {e}", tmp.display()))?;
             Ok(())
@@ -168,7 +171,7 @@ impl FileStore {
             let _ = fs::remove_file(&tmp);
             return result;
         }
-        lock.dir.sync_all().map_err(|e| format!("written, but the directory could not be synced: {e}"))
+        lock.dir.sync_all().map_err(|e| StoreError::Other(format!("written, but the directory could not be synced: {e}")))
     }
 }
 
@@ -193,11 +196,14 @@ impl Store for FileStore {
     /// Under the directory lock: reads the file, refuses a stale `expected` version,
     /// applies the change, validates the result as the loader would, and writes it
     /// atomically.
-    fn apply(&self, change: &Change, expected: Option<Version>, now: i64) -> Result<Applied, String> {
+    fn apply(&self, change: &Change, expected: Option<Version>, now: i64) -> Result<Applied, StoreError> {
         let lock = self.lock()?;
         let view = self.read(!matches!(change, Change::Create { .. }))?;
         if expected.is_some_and(|v| v != view.version) {
-            return Err(format!("{} changed since it was read (stale version); read it again", self.label()));
+            return Err(StoreError::Stale(format!("{} changed since it was read (stale version); read it again", self.label())));
+        }
+        if !matches!(change, Change::Create { .. }) && change::locate(&view.raw, change.name()).is_none() {
+            return Err(StoreError::NotFound(format!("no client or API key named {:?}", change.name())));
         }
         let (value, text) = change::apply(&view, change, now)?;
         let (new_text, comments_kept) = settle(&value, text)?;
@@ -244,12 +250,12 @@ mod tests {
         let theirs = FILE.replace("2099-01-01", "2098-01-01");
         fs::write(&path, &theirs).unwrap();
         let lock = store.lock().unwrap();
-        let e = store.commit(&lock, &v1, &FILE.replace("k\n", "k2\n"), 0).unwrap_err();
+        let e = store.commit(&lock, &v1, &FILE.replace("k\n", "k2\n"), 0).unwrap_err().to_string();
         assert!(e.contains("changed by someone else"), "{e}");
         assert_eq!(fs::read_to_string(&path).unwrap(), theirs);
         // A file the loader would refuse is never written.
         let v2 = store.read(true).unwrap();
-        let e = store.commit(&lock, &v2, "api_keys:\n  - name: k\n", 0).unwrap_err();
+        let e = store.commit(&lock, &v2, "api_keys:\n  - name: k\n", 0).unwrap_err().to_string();
         assert!(e.contains("would refuse"), "{e}");
         assert_eq!(fs::read_to_string(&path).unwrap(), theirs);
         assert!(v2.version.etag().starts_with('"'));
@@ -270,7 +276,7 @@ mod tests {
         assert!(a.store.all.iter().any(|c| &*c.id == "new"));
         assert!(fs::read_to_string(&store.real).unwrap().starts_with("# keep me\n"));
         // v0 is stale now.
-        let e = store.apply(&Change::Delete { name: "k".into() }, Some(v0), 0).unwrap_err();
+        let e = store.apply(&Change::Delete { name: "k".into() }, Some(v0), 0).unwrap_err().to_string();
         assert!(e.contains("stale"), "{e}");
         let a = store.apply(&Change::SetDisabled { name: "k".into(), disabled: true }, Some(a.version), 0).unwrap();
         assert!(a.store.all.iter().find(|c| &*c.id == "k").unwrap().disabled);
@@ -279,7 +285,7 @@ mod tests {
         store.apply(&Change::Delete { name: "k".into() }, Some(a.version), 0).unwrap();
         let (raw, _) = store.load().unwrap();
         assert_eq!(raw.api_keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["new"]);
-        assert!(store.apply(&Change::Delete { name: "gone".into() }, None, 0).unwrap_err().contains("no client or API key"));
+        assert!(matches!(store.apply(&Change::Delete { name: "gone".into() }, None, 0), Err(StoreError::NotFound(_))));
     }
 
     #[test]
@@ -313,7 +319,7 @@ mod tests {
         // An edit the loader refuses is not written.
         let before = fs::read_to_string(&store.real).unwrap();
         let edit = EntryEdit { roles: Some(vec!["no-such-role".into()]), ..Default::default() };
-        let e = store.apply(&Change::Edit { name: "k".into(), edit }, None, 0).unwrap_err();
+        let e = store.apply(&Change::Edit { name: "k".into(), edit }, None, 0).unwrap_err().to_string();
         assert!(e.contains("unknown role"), "{e}");
         assert_eq!(fs::read_to_string(&store.real).unwrap(), before);
     }

@@ -15,6 +15,35 @@ pub use change::{Change, EntryEdit, NewEntry};
 pub use file::{Applied, FileStore, Version};
 pub use kind::Kind;
 
+/// Why a write did not happen. In every case nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store changed since the version the write was based on (HTTP 409).
+    #[error("{0}")]
+    Stale(String),
+    /// No credential of that name (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The loader would refuse the result (HTTP 422).
+    #[error("the change was not written: the sidecar would refuse the resulting file:\n{0}")]
+    Invalid(crate::config::ConfigErrors),
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for StoreError {
+    fn from(s: String) -> Self {
+        StoreError::Other(s)
+    }
+}
+
+impl From<StoreError> for String {
+    fn from(e: StoreError) -> Self {
+        e.to_string()
+    }
+}
+
 /// A credential store: the file today, PostgreSQL (SPEC §10) behind the same trait next.
 /// Every writer (the CLI, the management API) changes credentials only through `apply`.
 pub trait Store {
@@ -22,5 +51,5 @@ pub trait Store {
     fn load(&self) -> Result<(crate::config::raw::CredentialsRaw, Version), String>;
     /// Applies one change, validated as the loader would, if the store is still at
     /// `expected` (a stale version is refused; `None`: whatever is current).
-    fn apply(&self, change: &Change, expected: Option<Version>, now: i64) -> Result<Applied, String>;
+    fn apply(&self, change: &Change, expected: Option<Version>, now: i64) -> Result<Applied, StoreError>;
 }

@@ -27,6 +27,19 @@ pub fn parse_span(s: &str, what: &str) -> Result<(u64, char), String> {
     Ok((n, unit))
 }
 
+/// A duration of the management API and config (SPEC §9): `90s`, `30m`, `1h`, `7d`
+/// (also `w` and `y`) or whole seconds; positive.
+pub fn parse_duration(s: &str, what: &str) -> Result<i64, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return match t.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{what} {t:?}: expected a positive number of seconds")),
+        };
+    }
+    parse_span(t, what).map(|(n, unit)| span_secs(n, unit))
+}
+
 pub fn span_secs(n: u64, unit: char) -> i64 {
     let per = match unit {
         's' => 1,

@@ -294,6 +294,13 @@ pub struct TokenRequest {
     used_basic: bool,
 }
 
+impl TokenRequest {
+    /// A request for `client_id` with `secret` (the console's sign-in with a client).
+    pub fn new(client_id: &str, secret: &str) -> TokenRequest {
+        TokenRequest { client_id: client_id.to_string(), secret: secret.to_string(), scope: None, used_basic: false }
+    }
+}
+
 /// Parses a token request: the form, and client authentication by Basic or in the body.
 /// Cheap: the proxy runs it before a verification slot is taken.
 pub fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OAuthError> {

@@ -84,6 +84,7 @@ pub(super) fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Wri
         expires: expires.clone(),
         description: c.description.clone(),
         notes: c.notes.clone(),
+        ..Default::default()
     };
     // Any version: concurrent creates all land (the lock serializes them, and the loader's
     // validation under it refuses a name taken in between).

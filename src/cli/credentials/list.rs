@@ -1,10 +1,12 @@
 //! `credentials list` and `show`: what the file holds, with each credential's state.
 use std::fmt::Write as _;
 use std::io::Write;
+use std::sync::Arc;
 
 use serde_json::json;
 
 use super::*;
+use crate::last_used::{state_path, LastUsed};
 
 /// One credential as the file has it (the loader's own view of a client or key), with
 /// its state at `now`.
@@ -78,6 +80,7 @@ impl<'a> EntryRaw<'a> {
         now: i64,
         users: &[String],
         effective: Option<Vec<String>>,
+        last_used: Option<i64>,
     ) -> serde_json::Value {
         let mut v = json!({
             "name": self.name.as_str(),
@@ -94,6 +97,7 @@ impl<'a> EntryRaw<'a> {
             "description": self.description.as_deref(),
             "notes": self.notes,
             "previous_secret_until": self.overlapping(now).into_iter().max().map(|(t, _)| rfc3339(t)),
+            "last_used": last_used.map(rfc3339),
         });
         if let Some(e) = effective {
             v["effective_permissions"] = json!(e);
@@ -102,6 +106,21 @@ impl<'a> EntryRaw<'a> {
     }
 }
 
+/// The last-use times the sidecar keeps beside the file (read only: the CLI never writes
+/// them). A file that cannot be read is a warning on stderr and "never" for everyone.
+fn last_used(loc: &Location) -> Arc<LastUsed> {
+    let (table, problem) = LastUsed::load(state_path(&loc.store.shown));
+    if let Some(p) = problem {
+        eprintln!("warning: last-use times not shown: {p}");
+    }
+    table
+}
+
+/// A last-use time as `list` shows it: `never`, or how long ago (`3m ago`, `2h ago`,
+/// `5d ago`; to the minute, as the sidecar keeps it).
+fn ago(t: Option<i64>, now: i64) -> String {
+    t.map_or_else(|| "never".to_string(), |t| format!("{} ago", human_span((now - t).max(0))))
+}
 
 /// Validates the file as it is, for `list`/`show`: warnings on stderr, never fatal.
 fn validated(loc: &Location, cur: &View, now: i64) -> Option<CredentialStore> {
@@ -123,12 +142,14 @@ pub(super) fn list(loc: &Location, output: Output, now: i64, out: &mut dyn Write
     let _ = validated(loc, &cur, now);
     let users: Vec<String> = cur.raw.users.iter().map(|u| u.name.to_string()).collect();
     let entries = cur.raw.entries().collect::<Vec<_>>();
+    let used = last_used(loc);
     if output == Output::Json {
-        let v: Vec<_> = entries.iter().map(|e| e.json(now, &users, None)).collect();
+        let v: Vec<_> = entries.iter().map(|e| e.json(now, &users, None, used.get(e.name.as_str()))).collect();
         return emit(out, &format!("{:#}\n", serde_json::Value::Array(v)));
     }
-    let mut rows =
-        vec![["NAME", "KIND", "ACCESS", "ALLOWED IPS", "EXPIRES", "STATE"].map(String::from)];
+    let mut rows = vec![
+        ["NAME", "KIND", "ACCESS", "ALLOWED IPS", "EXPIRES", "LAST USED", "STATE"].map(String::from),
+    ];
     for e in &entries {
         rows.push([
             e.name.to_string(),
@@ -136,10 +157,11 @@ pub(super) fn list(loc: &Location, output: Output, now: i64, out: &mut dyn Write
             e.access(),
             e.ips(),
             e.expires.to_string(),
+            ago(used.get(e.name.as_str()), now),
             e.state(now, &users).join(", "),
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -189,8 +211,9 @@ pub(super) fn show(loc: &Location, name: &str, output: Output, now: i64, out: &m
                 .collect::<Vec<_>>()
         })
     });
+    let used = last_used(loc).get(e.name.as_str());
     if output == Output::Json {
-        return emit(out, &format!("{:#}\n", e.json(now, &users, effective)));
+        return emit(out, &format!("{:#}\n", e.json(now, &users, effective, used)));
     }
     let mut s = String::new();
     let mut row = |k: &str, v: &str| {
@@ -203,6 +226,8 @@ pub(super) fn show(loc: &Location, name: &str, output: Output, now: i64, out: &m
         format!("no longer valid from {}", rfc3339(t))
     });
     row("expires", &format!("{} ({valid})", e.expires));
+    let last = used.map_or_else(|| "never".to_string(), |t| format!("{} ({})", rfc3339(t), ago(Some(t), now)));
+    row("last used", &last);
     if let Some(u) = e.user {
         row("user", u);
     }

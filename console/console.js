@@ -412,8 +412,11 @@
           'aria-label': `Enable ${n}`, onclick: () => setEnabled(cred, true) }, 'Enable')
         : h('button', { type: 'button', class: 'btn btn-secondary btn-sm', 'data-testid': 'disable-button',
           'aria-label': `Disable ${n}`, title: 'Stop it from authenticating', onclick: () => setEnabled(cred, false) }, 'Disable'),
-      h('button', { type: 'button', class: 'btn-icon', 'data-testid': 'edit-button', 'aria-label': `Edit ${n}`,
-        title: 'Edit', onclick: () => openCredDialog(cred.kind, cred) }, icon('pencil')),
+      // Editing needs api_access:change: own keys are rotated, disabled or deleted, not edited.
+      state.session.can.change
+        ? h('button', { type: 'button', class: 'btn-icon', 'data-testid': 'edit-button', 'aria-label': `Edit ${n}`,
+          title: 'Edit', onclick: () => openCredDialog(cred.kind, cred) }, icon('pencil'))
+        : null,
       h('button', { type: 'button', class: 'btn-icon danger', 'data-testid': 'delete-button', 'aria-label': `Delete ${n}`,
         title: 'Delete', onclick: () => confirmDelete(cred) }, icon('trash')));
   }

@@ -454,8 +454,11 @@ def story(driver):
         secret, _ = create(driver, bob, "api_key", BOB_KEY, {}, n, USER_KEY, approval_notes)
         row = visible(driver, row_css("api_key", BOB_KEY), f"the row of {BOB_KEY}")
         check(row.get_attribute("data-user") == user, f"{BOB_KEY} is linked to {row.get_attribute('data-user')!r}")
-        for b in ("edit-button", "delete-button", "rotate-button"):
+        for b in ("delete-button", "rotate-button", "disable-button"):
             check(shown(driver, css_tid(b), root=row), f"{user} has no {b} on their own key")
+        # Own keys are listed, created, rotated, disabled, enabled and deleted, "and nothing
+        # else" (SPEC section 9): no edit without api_access:change.
+        check(not shown(driver, css_tid("edit-button"), root=row), f"{user} is offered an edit of their own key")
         check_browser_log(driver)
         sign_out(driver)
         n.append(f"{user} sees {len(names)} own keys, no clients, no Add API client; {BOB_KEY} created, "

@@ -180,6 +180,8 @@ fn allows_read_change_and_own_keys_by_permission_and_denies_the_rest() {
     // Not another's key.
     assert_error(&fx.api(&k.bob, "POST", "/api/v1/credentials/plain-key/disable", None), 403, Some("forbidden"));
     assert_error(&fx.api(&k.bob, "DELETE", "/api/v1/credentials/admin-key", None), 403, Some("forbidden"));
+    let r = fx.api(&k.bob, "PATCH", "/api/v1/credentials/bob-second", Some(json!({"notes": "mine"})));
+    assert_error(&r, 403, Some("forbidden"));
     let r = fx.api(&k.bob, "POST", "/api/v1/credentials/bob-second/disable", None);
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(fx.proxy_status(&bob_secret, "/v1/transactions"), 401, "disabled at once");

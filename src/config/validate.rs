@@ -900,6 +900,37 @@ mod tests {
 }
 
 #[cfg(test)]
+mod management_tests {
+    use super::*;
+    use crate::config::raw::MainRaw;
+
+    fn settings_of(extra: &str) -> (Option<Settings>, Vec<ConfigError>) {
+        let text = format!("listen: \"127.0.0.1:1\"\nupstream: \"127.0.0.1:2\"\n{extra}");
+        let raw: MainRaw = crate::config::parse(Path::new("portcullis.yaml"), &text).unwrap();
+        let mut sink = Sink::new(Path::new("portcullis.yaml"));
+        let s = settings(&raw, Path::new("."), &mut sink, &mut Gather::new());
+        (s, sink.errors)
+    }
+
+    #[test]
+    fn allows_a_loopback_management_listener_without_tls_and_reads_its_durations() {
+        let (s, errs) = settings_of("management:\n  listen: \"127.0.0.1:9443\"\n  default_expiry: 90d\n  approval:\n    required: true\n    expires_after: 3600\n");
+        assert!(errs.is_empty(), "{errs:?}");
+        let m = s.unwrap().management.unwrap();
+        assert_eq!((m.default_expiry, m.approval_required, m.approval_expires_after), (90 * 86_400, true, 3600));
+        let (s, _) = settings_of("");
+        assert!(s.unwrap().management.is_none());
+    }
+
+    #[test]
+    fn denies_a_management_listener_off_loopback_without_tls_and_a_bad_duration() {
+        let (_, errs) = settings_of("management:\n  listen: \"0.0.0.0:9443\"\n  default_expiry: soon\n");
+        assert!(errs.iter().any(|e| e.message.contains("management.tls is required") && e.line == Some(4)), "{errs:?}");
+        assert!(errs.iter().any(|e| e.message.contains("management.default_expiry") && e.line == Some(5)), "{errs:?}");
+    }
+}
+
+#[cfg(test)]
 mod place_tests {
     use crate::config::{credentials_from_text, ConfigError, Environment};
     use std::path::Path;

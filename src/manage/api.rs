@@ -307,9 +307,12 @@ fn client_sign_in(
     let req = crate::token::endpoint::TokenRequest::new(client_id, secret);
     match crate::token::endpoint::issue(snap, &req, call.client_ip, call.now) {
         Ok((client, _)) => auth::file_identity(snap, &client, call.now).map(|id| (id, None)),
-        Err(e) => Err(Rejection::new(
-            if e.status() == 429 || e.status() == 503 { Reason::InvalidToken } else { Reason::InvalidToken },
-            "the client id or secret is not valid, or the client may not sign in (tokens not enabled, expired, disabled or throttled)",
+        Err(e) if e.status() == 429 || e.status() == 503 => {
+            Err(Rejection::new(Reason::InvalidToken, "too many failed sign-ins from here or for this client: wait a minute"))
+        }
+        Err(_) => Err(Rejection::new(
+            Reason::InvalidToken,
+            "the client id or secret is not valid, or the client may not sign in (no token endpoint, expired or disabled)",
         )),
     }
 }
@@ -617,7 +620,7 @@ fn create(m: &Manager, call: &Call<'_>, actor: &Actor) -> Answer {
         Ok((kind, entry, changes, justification)) => {
             let approval = call.snap.settings.management.as_ref().filter(|m| m.approval_required);
             if let Some(settings) = approval {
-                let change = serde_json::to_value(&entry_json(kind, &entry)).unwrap_or_default();
+                let change = serde_json::to_value(entry_json(kind, &entry)).unwrap_or_default();
                 return match m.queue.submit(
                     "create",
                     kind.json(),
@@ -859,6 +862,11 @@ fn edit(m: &Manager, call: &Call<'_>, actor: &Actor, name: &str) -> Answer {
         Ok(x) => x,
         Err(a) => return a.with_target(name),
     };
+    // Own keys may be listed, created, rotated, disabled, enabled and deleted, "and
+    // nothing else" (SPEC §9): an edit needs api_access:change.
+    if !actor.can().change {
+        return Answer::error(403, "forbidden", "editing a credential needs api_access:change (your own keys can be rotated, disabled, enabled or deleted)").with_target(name);
+    }
     let mut fields = Map::new();
     let mut ed = EntryEdit::default();
     let mut disabled = None;

@@ -117,8 +117,28 @@ pub struct MainRaw {
     /// The management API and console (SPEC §9).
     #[serde(default)]
     pub management: Option<ManagementRaw>,
+    /// Where credentials live (SPEC §10): the file (default) or PostgreSQL.
+    #[serde(default)]
+    pub store: Option<StoreRaw>,
     #[serde(default)]
     pub routes: Vec<RouteRaw>,
+}
+
+/// `store:` — the credential store (SPEC §10).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreRaw {
+    /// `file` (default) or `postgres`.
+    pub kind: At<String>,
+    /// postgres: the environment variable holding the database URL.
+    #[serde(default)]
+    pub url_env: Option<At<String>>,
+    /// postgres: a file holding the database URL (relative to the main config).
+    #[serde(default)]
+    pub url_file: Option<At<String>>,
+    /// postgres: seconds between full re-reads, a safety net under LISTEN/NOTIFY (default 5).
+    #[serde(default)]
+    pub poll: Option<At<u64>>,
 }
 
 /// `management:` — the management API and the console (SPEC §9).

@@ -149,6 +149,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         tokens: _,
         routes: _,
         management,
+        store: _,
     } = raw;
     let mut ok = true;
     if listen.parse::<SocketAddr>().is_err() {

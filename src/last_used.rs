@@ -107,6 +107,11 @@ impl LastUsed {
         table
     }
 
+    /// An empty table kept in memory only (nothing to read or write).
+    pub fn open_none() -> Arc<LastUsed> {
+        Arc::new(LastUsed::with_path(None))
+    }
+
     /// As [`LastUsed::open`], but hands the problem back instead of logging it (the CLI
     /// prints it on stderr, where no log goes).
     pub fn load(path: PathBuf) -> (Arc<LastUsed>, Option<String>) {
@@ -191,6 +196,32 @@ impl LastUsed {
         self.times
             .get(credential)
             .map(|t| t.load(Ordering::Relaxed))
+    }
+
+    /// Every entry (name, unix seconds), when something changed since the last call;
+    /// the PostgreSQL store writes these in one batch.
+    pub fn take_changed(&self) -> Option<Vec<(String, i64)>> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(self.times.iter().map(|e| (e.key().to_string(), e.value().load(Ordering::Relaxed))).collect())
+    }
+
+    /// Marks the table changed again (a write of [`LastUsed::take_changed`]'s times failed).
+    pub fn record_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Takes a time another replica saw, when it is newer than ours (not a change of ours).
+    pub fn merge(&self, credential: &str, t: i64) {
+        match self.times.get(credential) {
+            Some(cur) => {
+                cur.fetch_max(t, Ordering::Relaxed);
+            }
+            None => {
+                self.times.entry(Arc::from(credential)).or_insert_with(|| AtomicI64::new(t)).fetch_max(t, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Drops the entries of credentials that `keep` does not name (deleted ones), so the

@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod rejection;
 pub mod reload;
+pub mod schema;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

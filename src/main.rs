@@ -1,4 +1,5 @@
-//! The `portcullis` binary: `serve`, `check`, `keygen`, `credentials` and `explain`.
+//! The `portcullis` binary: `serve`, `check`, `keygen`, `credentials`, `explain`, and the
+//! toolbox: `schema`, `completions`, `man`.
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
@@ -28,6 +29,10 @@ enum Command {
         /// The main config file (portcullis.yaml).
         #[arg(long, short)]
         config: PathBuf,
+        /// Operational logs: json, text, or auto (text on a terminal, JSON otherwise). Audit
+        /// lines are JSON always.
+        #[arg(long, value_enum, default_value_t = portcullis::telemetry::LogFormat::Auto)]
+        log_format: portcullis::telemetry::LogFormat,
     },
     /// Generate a token signing key (PKCS#8 PEM), written with mode 0600.
     Keygen {
@@ -53,6 +58,25 @@ enum Command {
     Credentials(portcullis::cli::credentials::Args),
     /// Explain the decision the config would take for one request by one credential.
     Explain(portcullis::cli::explain::Args),
+    /// The PostgreSQL credential store: migrate, import a credentials file, export.
+    Store(portcullis::cli::store::Args),
+    /// Print the JSON Schema of a config file (for editors: yaml-language-server, VS Code).
+    Schema {
+        /// main (portcullis.yaml) or credentials (credentials.yaml).
+        #[arg(value_enum)]
+        file: portcullis::schema::Which,
+    },
+    /// Print a shell completion script: `source <(portcullis completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man {
+        /// Write portcullis.1, portcullis-serve.1, … here instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,9 +86,29 @@ fn main() -> ExitCode {
             let code = portcullis::cli::check::run(&config, strict, &mut std::io::stdout());
             ExitCode::from(code as u8)
         }
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, log_format } => serve(config, log_format),
         Command::Credentials(args) => ExitCode::from(portcullis::cli::credentials::run(&args) as u8),
         Command::Explain(args) => ExitCode::from(portcullis::cli::explain::run(&args) as u8),
+        Command::Store(args) => ExitCode::from(portcullis::cli::store::run(&args) as u8),
+        Command::Schema { file } => {
+            print!("{}", portcullis::schema::render(file));
+            ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            portcullis::cli::toolbox::completions(shell, &mut cmd, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { out_dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match portcullis::cli::toolbox::man(cmd, out_dir.as_deref(), &mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis man: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Keygen { out, alg, force } => match keygen(&out, &alg, force) {
             Ok(kid) => {
                 println!("wrote {} (kid {kid})", out.display());
@@ -99,8 +143,8 @@ fn keygen(out: &std::path::Path, alg: &str, force: bool) -> Result<String, Strin
     Ok(kid)
 }
 
-fn serve(path: PathBuf) -> ExitCode {
-    portcullis::telemetry::init_logging();
+fn serve(path: PathBuf, log_format: portcullis::telemetry::LogFormat) -> ExitCode {
+    portcullis::telemetry::init_logging_as(log_format);
     let snap = match config::load_for_serving(&path, config::unix_now()) {
         Ok(s) => s,
         Err(e) => {
@@ -125,7 +169,41 @@ fn serve(path: PathBuf) -> ExitCode {
     metrics.on_snapshot(&snap, config::unix_now());
     let admin_listen = snap.settings.admin_listen.clone();
     let shared: config::Shared = Arc::new(ArcSwap::from_pointee(snap));
-    let last_used = portcullis::last_used::LastUsed::for_config(&path);
+    let pg_store = match shared.load().settings.store.database_url() {
+        None => None,
+        Some(url) => match url.and_then(|u| portcullis::store::postgres::PgStore::open(&u, shared.load().settings.environment)) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                eprintln!("portcullis: cannot start: the PostgreSQL store: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    // Last-use times: beside the credentials file, or in the database (SPEC §10).
+    let last_used = match &pg_store {
+        None => portcullis::last_used::LastUsed::for_config(&path),
+        Some(_) => portcullis::last_used::LastUsed::open_none(),
+    };
+    // SPEC §10: with the PostgreSQL store, this replica follows the database.
+    let pg_sync = match shared.load().settings.store.clone() {
+        config::StoreSettings::Postgres { poll, .. } => {
+            let url = match shared.load().settings.store.database_url() {
+                Some(Ok(u)) => u,
+                Some(Err(e)) => {
+                    eprintln!("portcullis: cannot start: {e}");
+                    return ExitCode::from(2);
+                }
+                None => {
+                    eprintln!("portcullis: cannot start: the store names no database");
+                    return ExitCode::from(2);
+                }
+            };
+            let sync = portcullis::reload::postgres::PgSync::new(url, shared.clone(), poll, Default::default(), -1, Some(metrics.clone()));
+            portcullis::store::postgres::register_live(sync.clone());
+            Some(sync)
+        }
+        config::StoreSettings::File => None,
+    };
     let (m, s) = (metrics.clone(), shared.clone());
     let reload = portcullis::reload::reload_service(path, shared.clone(), move |r: &portcullis::reload::ReloadResult| {
         let now = config::unix_now();
@@ -179,10 +257,20 @@ fn serve(path: PathBuf) -> ExitCode {
         let manager = Arc::new(portcullis::manage::Manager {
             config: shared.clone(),
             sessions: Default::default(),
-            queue: portcullis::manage::approval::Queue::open(Some(portcullis::manage::approval::queue_path(&credentials_file))),
+            queue: match &pg_store {
+                Some(db) => portcullis::manage::approval::Queue::in_database(db.clone()),
+                None => portcullis::manage::approval::Queue::open(Some(portcullis::manage::approval::queue_path(&credentials_file))),
+            },
             last_used: Some(last_used.clone()),
             nudge: Some(reload.nudge()),
             tls: mgmt.tls.is_some(),
+            pg: {
+                let cell = std::sync::OnceLock::new();
+                if let Some(db) = &pg_store {
+                    let _ = cell.set(db.clone());
+                }
+                cell
+            },
         });
         match portcullis::manage::service(manager, &mgmt) {
             Ok(s) => {
@@ -195,6 +283,18 @@ fn serve(path: PathBuf) -> ExitCode {
         }
         tracing::info!(listen = %mgmt.listen, "management API and console listening");
     }
+    if let Some(db) = &pg_store {
+        server.add_service(pingora::services::background::background_service(
+            "last used (database)",
+            portcullis::reload::postgres::LastUsedSync { table: last_used.clone(), store: db.clone() },
+        ));
+    }
+    if let Some(sync) = pg_sync {
+        server.add_service(pingora::services::background::background_service(
+            "postgres sync",
+            portcullis::reload::postgres::PgSyncService(sync),
+        ));
+    }
     server.add_service(pingora::services::background::background_service("config reload", reload));
     server.add_service(pingora::services::background::background_service("last used", last_used.service()));
     server.run(pingora::server::RunArgs {
@@ -202,9 +302,12 @@ fn serve(path: PathBuf) -> ExitCode {
             in_flight,
             grace: std::time::Duration::from_secs(grace),
             before_exit: Some({
-                let l = last_used.clone();
+                let (l, db) = (last_used.clone(), pg_store.clone());
                 Arc::new(move || {
                     let _ = l.flush();
+                    if let (Some(db), Some(times)) = (&db, l.take_changed()) {
+                        let _ = db.save_last_used(times);
+                    }
                 })
             }),
         }),

@@ -24,6 +24,7 @@
 //! | `config_reloads_total` | counter | `result` (`success`, `failure`) |
 //! | `config_last_reload_success_timestamp_seconds` | gauge | |
 //! | `config_last_reload_successful` | gauge | |
+//! | `store_up` | gauge | | (1 while the credential store is reachable; the file store is always 1)
 //! | `config_info` | gauge | `hash` |
 //! | `credential_expiry_timestamp_seconds` | gauge | `credential`, `kind` |
 //! | `credential_last_used_timestamp_seconds` | gauge | `credential`, `kind` |
@@ -172,6 +173,7 @@ fn status_class(status: u16) -> &'static str {
 }
 
 /// One configured credential, with its last-use gauge resolved once per snapshot.
+#[derive(Clone)]
 struct KnownCredential {
     credential: Arc<Credential>,
     last_used: Gauge,
@@ -224,6 +226,7 @@ pub struct Metrics {
     reloads_failure: IntCounter,
     last_reload_success: Gauge,
     last_reload_successful: IntGauge,
+    store_up: IntGauge,
     config_info: IntGaugeVec,
     credential_expiry: GaugeVec,
     credential_last_used: GaugeVec,
@@ -356,6 +359,15 @@ impl Metrics {
             )
             .expect("valid gauge definition"),
         );
+        let store_up = reg(
+            &r,
+            IntGauge::new(
+                "portcullis_store_up",
+                "1 while the credential store is reachable, 0 while the PostgreSQL store is not (the last good snapshot keeps serving).",
+            )
+            .expect("valid gauge definition"),
+        );
+        store_up.set(1);
         let config_info = reg(
             &r,
             IntGaugeVec::new(
@@ -431,6 +443,7 @@ impl Metrics {
             audit_dropped,
             last_reload_success,
             last_reload_successful,
+            store_up,
             config_info,
             credential_expiry,
             credential_last_used,
@@ -490,23 +503,51 @@ impl Metrics {
         snap.metric_labels.get_or_init(|| {
             let mut credentials = HashMap::with_capacity(snap.credentials.all.len());
             for c in &snap.credentials.all {
-                let names = [c.id.as_ref(), c.kind.as_str()];
-                self.credential_expiry.with_label_values(&names).set(c.expires_at as f64);
-                let last_used = self.credential_last_used.with_label_values(&names);
-                if c.kind == CredentialKind::Client {
-                    self.tokens_issued.with_label_values(&[c.id.as_ref()]);
-                }
-                credentials.insert(c.id.clone(), KnownCredential { credential: c.clone(), last_used });
+                credentials.insert(c.id.clone(), self.known(c));
             }
             let routes = snap.routes.routes.iter().map(|r| r.id.clone()).collect();
             Arc::new(Labels { routes, credentials })
         })
     }
 
+    /// A credential's series, made present (so that rate() and absence alerts work).
+    fn known(&self, c: &Arc<Credential>) -> KnownCredential {
+        let names = [c.id.as_ref(), c.kind.as_str()];
+        self.credential_expiry.with_label_values(&names).set(c.expires_at as f64);
+        let last_used = self.credential_last_used.with_label_values(&names);
+        if c.kind == CredentialKind::Client {
+            self.tokens_issued.with_label_values(&[c.id.as_ref()]);
+        }
+        KnownCredential { credential: c.clone(), last_used }
+    }
+
+    /// Builds `new`'s labels from `old`'s when only the credentials named in `changed`
+    /// differ (the PostgreSQL store's row-by-row changes): the series of the others are
+    /// kept as they are, so a one-credential change costs one credential's series, not
+    /// a rebuild for every credential.
+    pub fn carry_labels(&self, old: &Snapshot, new: &Snapshot, changed: &[String]) {
+        let Some(prev) = old.metric_labels.get() else {
+            return;
+        };
+        let mut credentials = prev.credentials.clone();
+        for name in changed {
+            credentials.remove(name.as_str());
+            if let Some(c) = new.credentials.find(name) {
+                credentials.insert(c.id.clone(), self.known(c));
+            }
+        }
+        let _ = new.metric_labels.set(Arc::new(Labels { routes: prev.routes.clone(), credentials }));
+    }
+
     /// A reload attempt finished: counts it by result and records whether it succeeded;
     /// on success `now` is the time of the last good load (a reload that found the files
     /// unchanged is a success too). When it put a new snapshot in force, call
     /// [`Metrics::on_snapshot`] as well.
+    /// Whether the credential store is reachable (`portcullis_store_up`).
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(up as i64);
+    }
+
     pub fn on_reload(&self, success: bool, now: i64) {
         if success {
             self.reloads_success.inc();

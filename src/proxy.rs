@@ -9,6 +9,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::config::{unix_now, CredentialKind, Shared, Snapshot};
+use crate::pipeline::trace::{self, TraceContext};
 use crate::pipeline::{self, client_ip, Decision, Identity, Permit, RequestView};
 use crate::metrics::Outcome;
 use crate::token::endpoint::{self, Answered, Reply, Which};
@@ -97,6 +98,8 @@ pub struct Ctx {
     client_closed: bool,
     /// pingora refused the request as malformed (answered 400 by `fail_to_proxy`).
     client_fault: bool,
+    /// The W3C trace context, read (or started) when the request's head is in.
+    trace: Option<TraceContext>,
 }
 
 /// A random 128-bit request id, as 32 hex digits.
@@ -277,6 +280,7 @@ impl ProxyHttp for Portcullis {
             _in_flight: self.in_flight.enter(),
             client_closed: false,
             client_fault: false,
+            trace: None,
         }
     }
 
@@ -284,6 +288,7 @@ impl ProxyHttp for Portcullis {
         let peer = peer_ip(session);
         let line_target = request_line_target(session);
         let req = session.req_header();
+        ctx.trace = Some(trace::from_headers(&req.headers));
         let target = line_target.as_deref().unwrap_or_else(|| req.raw_path());
         // Our own endpoints are recognised on the normalized path, as routes are: a
         // `/oauth/%74oken` must not slip past the token endpoint to the upstream. CONNECT
@@ -361,7 +366,8 @@ impl ProxyHttp for Portcullis {
             // An HTTP/1.0 request without Host goes out with the upstream's host:port.
             upstream_request.insert_header("host", ctx.snap.settings.upstream_text.as_str())?;
         }
-        let stripped = pipeline::rewrite::rewrite(upstream_request, permit, &ctx.request_id, peer_ip(session))?;
+        let trace = *ctx.trace.get_or_insert_with(|| trace::from_headers(&session.req_header().headers));
+        let stripped = pipeline::rewrite::rewrite(upstream_request, permit, &ctx.request_id, peer_ip(session), &trace)?;
         if !stripped.is_empty() {
             tracing::debug!(request_id = %ctx.request_id, headers = ?stripped, "removed caller-sent headers");
         }
@@ -473,6 +479,8 @@ impl ProxyHttp for Portcullis {
             _ => rejection.or(shadow).map(|r| r.code()),
         };
         let latency = ctx.start.elapsed();
+        // A request pingora refused before `request_filter` still has the caller's trace id.
+        let trace_id = ctx.trace.unwrap_or_else(|| trace::from_headers(&req.headers)).trace_id_hex();
         telemetry::audit(&AuditRecord {
             request_id: &ctx.request_id,
             client_ip: d.and_then(|d| d.client_ip).or(endpoint_ip),
@@ -487,6 +495,7 @@ impl ProxyHttp for Portcullis {
             status,
             latency,
             upstream_latency: ctx.upstream_start.map(|t| t.elapsed()),
+            trace_id: trace_id.as_str(),
         });
         let now = unix_now();
         match (&ctx.fate, audited) {

@@ -1,19 +1,50 @@
-//! Logs: one JSON audit line per decision on stdout, operational logs as JSON too.
+//! Logs: one JSON audit line per decision on stdout; operational logs as JSON too, or as
+//! text for a person (`--log-format`).
 use std::net::IpAddr;
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
+/// How operational logs are written (`serve --log-format`). Audit lines are JSON always:
+/// they are for machines, and they do not go through this subscriber.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text when stdout is a terminal, JSON otherwise (a container, a pipe, a file).
+    #[default]
+    Auto,
+    /// One JSON object a line (`timestamp`, `level`, `message`, `target`, the fields).
+    Json,
+    /// `timestamp LEVEL target: message key=value`, coloured on a terminal.
+    Text,
+}
+
+impl LogFormat {
+    /// `Json` or `Text`: what `Auto` means when stdout is (`is_terminal`) or is not a terminal.
+    pub fn resolve(self, is_terminal: bool) -> LogFormat {
+        match self {
+            LogFormat::Auto if is_terminal => LogFormat::Text,
+            LogFormat::Auto => LogFormat::Json,
+            other => other,
+        }
+    }
+}
+
 /// Installs the JSON subscriber (level from `RUST_LOG`, default `info`). Idempotent.
 pub fn init_logging() {
+    init_logging_as(LogFormat::Json);
+}
+
+/// Installs the subscriber in `format` (level from `RUST_LOG`, default `info`), on stdout.
+/// Idempotent: a second call changes nothing.
+pub fn init_logging_as(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .try_init();
+    let terminal = std::io::stdout().is_terminal();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let _ = match format.resolve(terminal) {
+        LogFormat::Text => builder.with_ansi(terminal).try_init(),
+        _ => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
 }
 
 /// One decision, as written to the audit log. Holds no secret by construction: the
@@ -33,6 +64,9 @@ pub struct AuditRecord<'a> {
     pub status: u16,
     pub latency: Duration,
     pub upstream_latency: Option<Duration>,
+    /// The W3C trace id (32 lowercase hex digits): the caller's `traceparent`'s, or the one
+    /// started for the request.
+    pub trace_id: &'a str,
 }
 
 /// Writes one audit line (the `audit` target; `RUST_LOG` can silence it like any target).
@@ -63,6 +97,7 @@ pub fn audit(r: &AuditRecord<'_>) {
         status: r.status,
         latency_us: r.latency.as_micros() as u64,
         upstream_latency_us: r.upstream_latency.map(|d| d.as_micros() as u64).unwrap_or(0),
+        trace_id: r.trace_id,
     };
     let mut buf = Vec::with_capacity(384);
     if serde_json::to_writer(&mut buf, &line).is_ok() {
@@ -113,6 +148,7 @@ struct AuditLine<'a> {
     status: u16,
     latency_us: u64,
     upstream_latency_us: u64,
+    trace_id: &'a str,
 }
 
 /// Lines waiting for the writer thread. When this many are queued (stdout is stuck or far
@@ -233,6 +269,14 @@ mod tests {
 
     /// A stuck log (nobody reads the queue) costs a request nothing: once the queue is
     /// full, lines are dropped and counted, and `send` returns at once.
+    #[test]
+    fn auto_log_format_is_text_on_a_terminal_and_json_elsewhere() {
+        assert_eq!(LogFormat::Auto.resolve(true), LogFormat::Text);
+        assert_eq!(LogFormat::Auto.resolve(false), LogFormat::Json);
+        assert_eq!(LogFormat::Json.resolve(true), LogFormat::Json);
+        assert_eq!(LogFormat::Text.resolve(false), LogFormat::Text);
+    }
+
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_blocking() {
         let (tx, rx) = std::sync::mpsc::sync_channel(2);

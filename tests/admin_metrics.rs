@@ -7,6 +7,8 @@
 //!
 //! Run: `cargo test --test admin_metrics`
 mod common;
+#[path = "common/dashboard.rs"]
+mod dashboard;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -646,6 +648,21 @@ fn exposes_every_family_with_labels_from_config_only() {
             allowed_value(label, value),
             "alerts.yaml matches {label}=\"{value}\", which portcullis never exports"
         );
+    }
+
+    // The Grafana dashboard too (examples/grafana/portcullis.json; promtool parses its
+    // expressions in tests/dashboard.rs).
+    let names = dashboard::metric_names();
+    assert!(names.len() >= 15, "the dashboard references {names:?}");
+    for name in &names {
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|base| s.families.contains_key(*base)))
+            .unwrap_or(name);
+        assert!(s.families.contains_key(family), "the dashboard uses {name}, which /metrics does not have");
+    }
+    for (label, value) in dashboard::matchers() {
+        assert!(allowed_value(&label, &value), "the dashboard matches {label}=\"{value}\", which portcullis never exports");
     }
 
     // Nothing a caller sent, and no secret, in /metrics; no secret in the log.

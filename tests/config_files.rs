@@ -3,6 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[allow(dead_code)]
+#[path = "common/pg.rs"]
+mod pg;
+
+/// A free loopback port (for the throwaway PostgreSQL of a config on that store).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
@@ -53,6 +62,7 @@ fn every_portcullis_config_passes_check() {
     yaml_files(&root.join("config"), &mut files);
     yaml_files(&root.join("examples"), &mut files);
     let mut checked = 0;
+    let mut database: Option<pg::Pg> = None;
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         if !is_portcullis_config(&text) {
@@ -71,8 +81,9 @@ fn every_portcullis_config_passes_check() {
                 assert!(st.success());
             }
         }
-        // Likewise a self-signed TLS pair where `tls:` names files that are not there.
-        if let Some(tls) = raw.get("tls") {
+        // Likewise a self-signed TLS pair where `tls:` (or `management.tls:`) names files
+        // that are not there.
+        for tls in [raw.get("tls"), raw.get("management").and_then(|m| m.get("tls"))].into_iter().flatten() {
             let (cert, key) = (tls["cert"].as_str().unwrap(), tls["key"].as_str().unwrap());
             let (cert, key) = (tmp.path().join(cert), tmp.path().join(key));
             if !cert.exists() {
@@ -89,7 +100,17 @@ fn every_portcullis_config_passes_check() {
                 assert!(st.status.success());
             }
         }
-        let out = Command::new(bin).args(["check", "--config"]).arg(&cfg).output().unwrap();
+        let mut check = Command::new(bin);
+        check.args(["check", "--config"]).arg(&cfg);
+        // A config on the PostgreSQL store is checked against a real, migrated database.
+        if raw.get("store").and_then(|st| st.get("kind")).and_then(|k| k.as_str()) == Some("postgres") {
+            let pg = database.get_or_insert_with(pg::Pg::start);
+            let var = raw["store"]["url_env"].as_str().expect("the examples take the URL from the environment");
+            let migrate = Command::new(bin).args(["store", "migrate", "--config"]).arg(&cfg).env(var, pg.url()).output().unwrap();
+            assert!(migrate.status.success(), "store migrate for {}: {}", f.display(), String::from_utf8_lossy(&migrate.stderr));
+            check.env(var, pg.url());
+        }
+        let out = check.output().unwrap();
         assert!(
             out.status.success(),
             "{} does not pass check:\n{}{}",

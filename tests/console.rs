@@ -123,11 +123,11 @@ clients:
     let audit: Vec<serde_json::Value> =
         proxy.stdout().lines().filter_map(|l| serde_json::from_str(l).ok()).filter(|v: &serde_json::Value| v["kind"] == "management").collect();
     for action in ["session.sign_in", "credentials.create", "credentials.delete"] {
-        assert!(audit.iter().any(|l| l["action"] == action && l["result"] == "ok"), "no {action} line in the audit log");
+        assert!(audit.iter().any(|l| l["action"] == action && l["result"] == "allowed"), "no {action} line in the audit log");
     }
     if approval {
-        assert!(audit.iter().any(|l| l["action"] == "requests.approve" && l["result"] == "ok"));
-        assert!(audit.iter().any(|l| l["action"] == "requests.approve" && l["result"] == "forbidden"), "the requester's own approval was refused");
+        assert!(audit.iter().any(|l| l["action"] == "requests.approve" && l["result"] == "allowed"));
+        assert!(audit.iter().any(|l| l["action"] == "requests.approve" && l["result"] == "refused" && l["error"] == "forbidden"), "the requester's own approval was refused");
     }
     stdout
 }

@@ -229,8 +229,8 @@ fn allows_read_change_and_own_keys_by_permission_and_denies_the_rest() {
         assert!(!file.contains(secret.as_str()) && !stdout.contains(secret.as_str()), "a secret was written somewhere");
     }
     let audit = fx.audit();
-    assert!(audit.iter().any(|l| l["action"] == "credentials.create" && l["result"] == "forbidden" && l["actor"] == "bob"), "refusals are audited");
-    let edit = audit.iter().find(|l| l["action"] == "credentials.edit" && l["result"] == "ok").expect("the edit's line");
+    assert!(audit.iter().any(|l| l["action"] == "credentials.create" && l["result"] == "refused" && l["error"] == "forbidden" && l["actor"] == "bob"), "refusals are audited");
+    let edit = audit.iter().find(|l| l["action"] == "credentials.edit" && l["result"] == "allowed").expect("the edit's line");
     assert_eq!(edit["changes"]["notes"], json!(["n", "edited"]), "{edit}");
     assert_eq!(edit["target"], "ops");
     assert!(!audit.iter().any(|l| l.to_string().contains("sha256:") || l.to_string().contains("$argon2")));
@@ -306,7 +306,7 @@ fn approval_needs_a_second_person_and_the_secret_is_picked_up_once() {
     let r = fx.api(&k.admin, "PATCH", "/api/v1/credentials/needs-ok", Some(json!({"roles": ["transactions", "wallets"]})));
     assert_eq!(r.status, 202, "{}", r.body_text());
     let audit = fx.audit();
-    let approve = audit.iter().find(|l| l["action"] == "requests.approve" && l["result"] == "ok").expect("approval audited");
+    let approve = audit.iter().find(|l| l["action"] == "requests.approve" && l["result"] == "allowed").expect("approval audited");
     assert_eq!(approve["actor"], "approver-key");
     assert_eq!(approve["changes"]["requested_by"][1], "admin-key", "requester and approver are both in the line");
 }

@@ -129,6 +129,6 @@ pub fn sign_raw(header: &[u8], payload: &[u8], key: &SigningKey) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
-    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key.encoding, key.alg).expect("sign");
+    let sig = URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).expect("sign"));
     format!("{input}.{sig}")
 }

@@ -2,3 +2,5 @@
 pub mod check;
 pub mod credentials;
 pub mod explain;
+pub mod store;
+pub mod toolbox;

@@ -64,7 +64,22 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
 
     let cred_path = validate::credentials_path(&raw, &base);
     let env = settings.as_ref().map_or(Environment::Sandbox, |s| s.environment);
-    let credentials = match files.read(&cred_path) {
+    let database = settings.as_ref().and_then(|s| s.store.database_url());
+    let mut generation = None;
+    let credentials = if let Some(url) = database {
+        // SPEC §10: the credentials live in PostgreSQL.
+        match crate::store::postgres::credentials_for_load(url, env, now) {
+            Ok((store, mut w, g)) => {
+                warnings.append(&mut w);
+                generation = Some(g);
+                store
+            }
+            Err(mut e) => {
+                errors.append(&mut e.0);
+                CredentialStore::default()
+            }
+        }
+    } else { match files.read(&cred_path) {
         Ok(text) => {
             match credentials_from_text(&cred_path, &text, env, now) {
                 Ok((store, mut w)) => {
@@ -81,8 +96,12 @@ pub fn load(path: &Path, now: i64) -> Result<Snapshot, ConfigErrors> {
             errors.push(ConfigError::new(&cred_path, None, e));
             CredentialStore::default()
         }
-    };
-    let (files, content_hash) = files.finish();
+    } };
+    let (files, mut content_hash) = files.finish();
+    if let Some(g) = generation {
+        // A change in the database is a change of config, as a changed file is.
+        content_hash.push_str(&format!(":pg:{g}"));
+    }
     match settings {
         Some(settings) if errors.is_empty() => Ok(Snapshot {
             settings,
@@ -147,6 +166,24 @@ pub fn credentials_from_text(
     let mut warnings = Vec::new();
     let mut sink = validate::Sink::new(path);
     let store = validate::credentials(&cred_raw, env, now, &mut sink, &mut warnings);
+    if sink.errors.is_empty() {
+        Ok((store, warnings))
+    } else {
+        Err(ConfigErrors(sink.errors))
+    }
+}
+
+/// Validates parsed credentials (from a database) exactly as [`credentials_from_text`]
+/// does a file's.
+pub fn credentials_from_raw(
+    path: &Path,
+    raw: &raw::CredentialsRaw,
+    env: Environment,
+    now: i64,
+) -> Result<(CredentialStore, Vec<String>), ConfigErrors> {
+    let mut warnings = Vec::new();
+    let mut sink = validate::Sink::new(path);
+    let store = validate::credentials(raw, env, now, &mut sink, &mut warnings);
     if sink.errors.is_empty() {
         Ok((store, warnings))
     } else {

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::ops::Deref;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
@@ -76,25 +77,80 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for At<T> {
     }
 }
 
+/// In the JSON Schema (`portcullis schema`) a placed value is its value: the place is the
+/// parser's, not the file's.
+impl<T: JsonSchema> JsonSchema for At<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        T::schema_id()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+}
+
+/// The names a few string fields take, for the JSON Schema only (validation reads the
+/// strings and says what is wrong with them, with their place).
+pub mod names {
+    use schemars::JsonSchema;
+
+    /// `sandbox` (default) or `production`: every credential must then list `allowed_ips`,
+    /// none that allows every address.
+    #[derive(JsonSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Environment {
+        Sandbox,
+        Production,
+    }
+
+    /// `enforce` (default) or `shadow`: would-be denials are logged and counted but forwarded.
+    #[derive(JsonSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Mode {
+        Enforce,
+        Shadow,
+    }
+
+    /// `file` (default) or `postgres`.
+    #[derive(JsonSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum StoreKind {
+        File,
+        Postgres,
+    }
+}
+
 /// A list of placed strings, as plain strings.
 pub fn strings(list: &[At<String>]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
 /// `portcullis.yaml` (SPEC §3).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MainRaw {
+    /// The proxy listener, `addr:port`.
     pub listen: At<String>,
+    /// The protected API, `host:port` (HTTP/1.1).
     pub upstream: At<String>,
+    /// `/metrics`, `/healthz` and `/readyz`, `addr:port` (default `127.0.0.1:9901`).
     #[serde(default)]
     pub admin_listen: Option<At<String>>,
     #[serde(default)]
+    #[schemars(with = "Option<names::Environment>")]
     pub environment: Option<At<String>>,
+    /// Peers (addresses or CIDRs) whose `X-Forwarded-For` is believed; default none.
     #[serde(default)]
     pub trusted_proxies: Vec<At<String>>,
+    /// The credentials file, relative to this file (default `credentials.yaml`).
     #[serde(default)]
     pub credentials_file: Option<String>,
+    /// Seconds SIGTERM waits for in-flight requests (default 10).
     #[serde(default)]
     pub shutdown_grace: Option<u64>,
     /// Seconds to wait for the upstream's response (default 30); 504 after.
@@ -111,7 +167,9 @@ pub struct MainRaw {
     pub upstream_tls: Option<UpstreamTlsRaw>,
     /// `enforce` (default) or `shadow`: log and count denials but forward.
     #[serde(default)]
+    #[schemars(with = "Option<names::Mode>")]
     pub mode: Option<At<String>>,
+    /// The token endpoint and Bearer validation.
     #[serde(default)]
     pub tokens: Option<TokensRaw>,
     /// The management API and console (SPEC §9).
@@ -120,15 +178,17 @@ pub struct MainRaw {
     /// Where credentials live (SPEC §10): the file (default) or PostgreSQL.
     #[serde(default)]
     pub store: Option<StoreRaw>,
+    /// The routes a credential can reach; anything else is denied.
     #[serde(default)]
     pub routes: Vec<RouteRaw>,
 }
 
 /// `store:` — the credential store (SPEC §10).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreRaw {
     /// `file` (default) or `postgres`.
+    #[schemars(with = "names::StoreKind")]
     pub kind: At<String>,
     /// postgres: the environment variable holding the database URL.
     #[serde(default)]
@@ -142,9 +202,10 @@ pub struct StoreRaw {
 }
 
 /// `management:` — the management API and the console (SPEC §9).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManagementRaw {
+    /// The management listener, `addr:port`.
     pub listen: At<String>,
     /// Required unless `listen` is a loopback address.
     #[serde(default)]
@@ -157,9 +218,10 @@ pub struct ManagementRaw {
 }
 
 /// `management.approval:` — maker-checker for new credentials.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalRaw {
+    /// A new credential, or an edit that widens access, waits for a second person.
     #[serde(default)]
     pub required: bool,
     /// An unanswered request is dropped after this long (default `7d`).
@@ -168,15 +230,17 @@ pub struct ApprovalRaw {
 }
 
 /// `tls:` — certificate chain and private key (PEM), relative to the main config.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsRaw {
+    /// The certificate chain (PEM).
     pub cert: String,
+    /// The private key (PEM).
     pub key: String,
 }
 
 /// `upstream_tls:` — TLS to the protected API.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsRaw {
     /// Server name to send and verify (default: the upstream's host).
@@ -191,23 +255,31 @@ pub struct UpstreamTlsRaw {
 }
 
 /// The `tokens` section.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokensRaw {
+    /// `iss` of the tokens issued here.
     #[serde(default)]
     pub issuer: Option<String>,
+    /// `aud` of the tokens issued here.
     #[serde(default)]
     pub audience: Option<String>,
+    /// Seconds a token lasts (default 3600), never past its client's `expires`.
     #[serde(default)]
     pub lifetime: Option<At<u64>>,
+    /// PKCS#8 PEM private key (Ed25519, P-256 or RSA), relative to this file; no key, no token endpoint.
     #[serde(default)]
     pub signing_key: Option<String>,
+    /// The token endpoint's path (default `/oauth/token`).
     #[serde(default)]
     pub endpoint: Option<At<String>>,
+    /// Prepended to client ids at the token endpoint (`wallet-acme-` + `reporting`).
     #[serde(default)]
     pub client_id_prefix: Option<At<String>>,
+    /// Seconds of clock skew accepted on `exp`, `nbf` and `iat` (default 30).
     #[serde(default)]
     pub leeway: Option<At<u64>>,
+    /// Reject a disabled client's tokens at once, not when they expire.
     #[serde(default)]
     pub revoke_on_disable: Option<bool>,
     /// Secret verifications (argon2) running at once; default 2 x CPU cores.
@@ -216,20 +288,26 @@ pub struct TokensRaw {
     /// Failed client authentications per client id and per address per minute; default 10.
     #[serde(default)]
     pub failure_limit: Option<At<u32>>,
+    /// Tokens minted by other identity providers.
     #[serde(default)]
     pub external_issuers: Vec<ExternalIssuerRaw>,
 }
 
 /// One entry of `tokens.external_issuers`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalIssuerRaw {
+    /// The `iss` its tokens carry, exactly.
     pub issuer: At<String>,
+    /// The `aud` its tokens must carry.
     pub audience: String,
+    /// A JWKS file of its public keys, relative to this file.
     #[serde(default)]
     pub jwks_file: Option<String>,
+    /// Its JWKS URL (`https://`; `http://` only to a loopback host), refreshed by the server.
     #[serde(default)]
     pub jwks_url: Option<At<String>>,
+    /// The claim holding the permissions (space-separated or a JSON array; default `scope`).
     #[serde(default)]
     pub permissions_claim: Option<String>,
     /// Where this issuer's tokens may come from (at most 6); default any address.
@@ -238,21 +316,27 @@ pub struct ExternalIssuerRaw {
 }
 
 /// One entry of `routes`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRaw {
+    /// `METHOD /path/{param}`.
     #[serde(rename = "match")]
     pub match_: At<String>,
+    /// The permission the route needs, `type:action`.
     #[serde(default)]
     pub require: Option<String>,
+    /// Forwarded without a credential.
     #[serde(default)]
     pub public: bool,
+    /// The path parameter that names a vault (default `vault_id`).
     #[serde(default)]
     pub vault_param: Option<String>,
+    /// The path parameter that names a key (default `key_id`).
     #[serde(default)]
     pub key_param: Option<String>,
     /// Overrides the global `mode` for this route.
     #[serde(default)]
+    #[schemars(with = "Option<names::Mode>")]
     pub mode: Option<String>,
     /// The only kind of route an `Upgrade` (WebSocket) is forwarded on.
     #[serde(default)]
@@ -260,20 +344,25 @@ pub struct RouteRaw {
 }
 
 /// The credentials file (SPEC §4).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsRaw {
+    /// Custom roles: a name and its permissions (`type:action[@scope[/resource]]`).
     #[serde(default)]
     pub roles: std::collections::BTreeMap<String, At<Vec<At<String>>>>,
+    /// Users: API keys linked to one act with the user's current roles and permissions.
     #[serde(default)]
     pub users: Vec<UserRaw>,
+    /// OAuth clients (client credentials grant).
     #[serde(default)]
     pub clients: Vec<ClientRaw>,
+    /// API keys, sent in `x-api-key`.
     #[serde(default)]
     pub api_keys: Vec<ApiKeyRaw>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One entry of `users`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserRaw {
     pub name: At<String>,
@@ -283,25 +372,38 @@ pub struct UserRaw {
     pub permissions: Vec<At<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One entry of `clients`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientRaw {
+    /// The client id (immutable), `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"))]
     pub id: At<String>,
+    /// `$argon2id$…` PHC string, or `sha256:<64 hex>` of the secret.
     pub secret_hash: At<String>,
     /// Secret hashes replaced by `credentials rotate --overlap`, each accepted until its `until`.
     #[serde(default)]
     pub previous_secret_hashes: Vec<PreviousHashRaw>,
+    /// Roles (built in: `wallets`, `transactions`, `controls`, `monitoring`, or the file's own).
     #[serde(default)]
     pub roles: Vec<At<String>>,
+    /// Permissions beyond its roles', `type:action[@scope[/resource]]`.
     #[serde(default)]
     pub permissions: Vec<At<String>>,
+    /// Addresses or CIDRs it may be used from (at most 6); absent: any (sandbox only).
     #[serde(default)]
+    #[schemars(length(max = 6))]
     pub allowed_ips: Option<At<Vec<At<String>>>>,
+    /// A date (valid through that day UTC) or an RFC 3339 timestamp (exact).
     pub expires: At<String>,
+    /// It can no longer authenticate.
     #[serde(default)]
     pub disabled: bool,
+    /// 5 to 50 characters.
     #[serde(default)]
+    #[schemars(length(min = 5, max = 50))]
     pub description: Option<At<String>>,
+    /// Free text.
     #[serde(default)]
     pub notes: Option<String>,
     /// When and by whom the management API created it (RFC 3339; an actor's name).
@@ -311,27 +413,40 @@ pub struct ClientRaw {
     pub created_by: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One entry of `api_keys`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyRaw {
+    /// The key's name (immutable), `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"))]
     pub name: At<String>,
+    /// `sha256:<64 lowercase hex>` of the whole key string.
     pub key_hash: At<String>,
     /// Key hashes replaced by `credentials rotate --overlap`, each accepted until its `until`.
     #[serde(default)]
     pub previous_key_hashes: Vec<PreviousHashRaw>,
     #[serde(default)]
     pub user: Option<String>,
+    /// Roles (built in: `wallets`, `transactions`, `controls`, `monitoring`, or the file's own).
     #[serde(default)]
     pub roles: Vec<At<String>>,
+    /// Permissions beyond its roles', `type:action[@scope[/resource]]`.
     #[serde(default)]
     pub permissions: Vec<At<String>>,
+    /// Addresses or CIDRs it may be used from (at most 6); absent: any (sandbox only).
     #[serde(default)]
+    #[schemars(length(max = 6))]
     pub allowed_ips: Option<At<Vec<At<String>>>>,
+    /// A date (valid through that day UTC) or an RFC 3339 timestamp (exact).
     pub expires: At<String>,
+    /// It can no longer authenticate.
     #[serde(default)]
     pub disabled: bool,
+    /// 5 to 50 characters.
     #[serde(default)]
+    #[schemars(length(min = 5, max = 50))]
     pub description: Option<At<String>>,
+    /// Free text.
     #[serde(default)]
     pub notes: Option<String>,
     /// When and by whom the management API created it (RFC 3339; an actor's name).
@@ -343,7 +458,7 @@ pub struct ApiKeyRaw {
 
 /// A replaced key or secret hash that keeps working until `until` (a date or an RFC 3339
 /// timestamp, as `expires`), so that a rotation needs no outage.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreviousHashRaw {
     pub hash: At<String>,

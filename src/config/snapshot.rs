@@ -58,6 +58,30 @@ pub struct Settings {
     pub credentials_file: PathBuf,
     /// The management listener, when configured (SPEC §9).
     pub management: Option<ManagementSettings>,
+    /// Where credentials live (SPEC §10).
+    pub store: StoreSettings,
+}
+
+/// `store:` validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreSettings {
+    /// The credentials file (the default).
+    #[default]
+    File,
+    /// PostgreSQL: the URL comes from an environment variable or a file, never the config.
+    Postgres { url_env: Option<String>, url_file: Option<PathBuf>, poll: Duration },
+}
+
+impl StoreSettings {
+    /// The database URL of a PostgreSQL store.
+    pub fn database_url(&self) -> Option<Result<String, String>> {
+        match self {
+            StoreSettings::File => None,
+            StoreSettings::Postgres { url_env, url_file, .. } => {
+                Some(crate::store::postgres::database_url(url_env.as_deref(), url_file.as_deref()))
+            }
+        }
+    }
 }
 
 /// `management:` validated.

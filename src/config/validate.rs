@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use super::error::ConfigError;
 use super::gather::Gather;
-use super::raw::{strings, At, CredentialsRaw, EntryRaw, ExternalIssuerRaw, MainRaw, ManagementRaw, Place, RouteRaw, TokensRaw, UserRaw};
+use super::raw::{strings, At, CredentialsRaw, EntryRaw, ExternalIssuerRaw, MainRaw, ManagementRaw, Place, RouteRaw, StoreRaw, TokensRaw, UserRaw};
 use crate::store::Kind;
 use super::snapshot::*;
 use crate::permission::{builtin_role, Permission, Requirement};
@@ -20,15 +20,37 @@ pub const MAX_ALLOWED_IPS: usize = 6;
 /// Seconds before expiry at which `check` warns.
 pub const EXPIRY_WARNING_SECS: i64 = 30 * 86_400;
 
-/// Collects errors for one file, each placed where its value was read.
+/// Collects errors for one file, each placed where its value was read; and remembers
+/// what it parsed (a permission string, an expiry) so that the 100,000th credential
+/// naming `balances:read@vault/v-7` or `2099-01-01` costs a look-up, not a parse.
 pub struct Sink<'a> {
     pub file: &'a Path,
     pub errors: Vec<ConfigError>,
+    parsed_permissions: HashMap<String, Permission>,
+    parsed_expiries: HashMap<String, Result<i64, String>>,
 }
 
 impl<'a> Sink<'a> {
     pub fn new(file: &'a Path) -> Self {
-        Sink { file, errors: Vec::new() }
+        Sink { file, errors: Vec::new(), parsed_permissions: HashMap::new(), parsed_expiries: HashMap::new() }
+    }
+
+    fn permission(&mut self, s: &str) -> Result<Permission, crate::permission::PermissionError> {
+        if let Some(p) = self.parsed_permissions.get(s) {
+            return Ok(p.clone());
+        }
+        let p = Permission::parse(s)?;
+        self.parsed_permissions.insert(s.to_string(), p.clone());
+        Ok(p)
+    }
+
+    fn expiry(&mut self, s: &str) -> Result<i64, String> {
+        if let Some(e) = self.parsed_expiries.get(s) {
+            return e.clone();
+        }
+        let e = parse_expires(s);
+        self.parsed_expiries.insert(s.to_string(), e.clone());
+        e
     }
     fn err(&mut self, at: Place, msg: impl Into<String>) {
         self.errors.push(ConfigError::at(self.file, at, msg));
@@ -149,7 +171,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         tokens: _,
         routes: _,
         management,
-        store: _,
+        store,
     } = raw;
     let mut ok = true;
     if listen.parse::<SocketAddr>().is_err() {
@@ -232,12 +254,14 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         Some(crate::tls::UpstreamTls { sni, verify: u.verify.unwrap_or(true), ca, ca_path })
     });
     let management = management.as_ref().and_then(|m| management_settings(m, base, sink));
+    let store = store_settings(store.as_ref(), raw.credentials_file.is_some(), base, sink);
     if !ok {
         return None;
     }
     Some(Settings {
         credentials_file: credentials_path(raw, base),
         management,
+        store: store?,
         listen: listen.to_string(),
         admin_listen,
         upstream: upstream_addr?,
@@ -251,6 +275,48 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         tls,
         upstream_tls,
     })
+}
+
+/// Validates `store:` (SPEC §10): `file`, or `postgres` with the URL from `url_env` or
+/// `url_file` (never in the config) and no `credentials_file`.
+fn store_settings(s: Option<&StoreRaw>, has_credentials_file: bool, base: &Path, sink: &mut Sink<'_>) -> Option<StoreSettings> {
+    let Some(s) = s else { return Some(StoreSettings::File) };
+    let StoreRaw { kind, url_env, url_file, poll } = s;
+    match kind.as_str() {
+        "file" => {
+            for (what, v) in [("url_env", url_env.as_ref().map(At::place)), ("url_file", url_file.as_ref().map(At::place))] {
+                if let Some(at) = v {
+                    sink.err(at, format!("store.{what} is for kind: postgres"));
+                }
+            }
+            Some(StoreSettings::File)
+        }
+        "postgres" => {
+            let mut ok = true;
+            if url_env.is_some() == url_file.is_some() {
+                sink.err(kind.place(), "store: kind postgres needs exactly one of url_env and url_file (the URL itself never goes in the config)");
+                ok = false;
+            }
+            if has_credentials_file {
+                sink.err(kind.place(), "store: with kind postgres, credentials_file must be absent (the credentials live in the database)");
+                ok = false;
+            }
+            let poll_secs = poll.as_ref().map_or(5, |p| **p);
+            if !(1..=3600).contains(&poll_secs) {
+                sink.err(poll.as_ref().map(At::place).unwrap_or_default(), "store.poll must be between 1 and 3600 seconds");
+                ok = false;
+            }
+            ok.then(|| StoreSettings::Postgres {
+                url_env: url_env.as_ref().map(|v| v.to_string()),
+                url_file: url_file.as_ref().map(|f| base.join(f.as_str())),
+                poll: Duration::from_secs(poll_secs),
+            })
+        }
+        other => {
+            sink.err(kind.place(), format!("store.kind {other:?} must be file or postgres"));
+            None
+        }
+    }
 }
 
 /// Validates `management:`: its listener (TLS unless on loopback) and durations.
@@ -583,7 +649,7 @@ pub fn routes(raw: &[RouteRaw], sink: &mut Sink<'_>) -> RouteTable {
 fn permissions(list: &[At<String>], who: &str, sink: &mut Sink<'_>) -> Vec<Permission> {
     let mut out = Vec::new();
     for s in list {
-        match Permission::parse(s) {
+        match sink.permission(s) {
             Ok(p) => out.push(p),
             Err(e) => {
                 sink.err(s.place(), format!("{who}: {e}"));
@@ -605,7 +671,11 @@ fn role_grants(
         if let Some(perms) = custom.get(r.as_str()) {
             out.extend(perms.iter().cloned());
         } else if let Some(perms) = builtin_role(r) {
-            out.extend(perms.iter().filter_map(|p| Permission::parse(p).ok()));
+            for p in perms.iter() {
+                if let Ok(p) = sink.permission(p) {
+                    out.push(p);
+                }
+            }
         } else {
             sink.err(r.place(), format!("{who}: unknown role {:?}", r.as_str()));
         }
@@ -613,10 +683,16 @@ fn role_grants(
     out
 }
 
-fn dedup(mut v: Vec<Permission>) -> Arc<[Permission]> {
-    let mut seen = HashSet::new();
-    v.retain(|p| seen.insert(p.as_str().to_string()));
-    Arc::from(v)
+/// The grants without repeats, first one kept. A credential holds a handful: a scan
+/// beats a hash set that allocates a string per permission.
+fn dedup(v: Vec<Permission>) -> Arc<[Permission]> {
+    let mut out: Vec<Permission> = Vec::with_capacity(v.len());
+    for p in v {
+        if !out.iter().any(|q| q.as_str() == p.as_str()) {
+            out.push(p);
+        }
+    }
+    Arc::from(out)
 }
 
 /// Parses an `allowed_ips` list (a credential's or an external issuer's): at most
@@ -676,7 +752,7 @@ fn common(
             warnings.push(format!("{who} allows every IP address"));
         }
     }
-    let expires_at = match parse_expires(c.expires) {
+    let expires_at = match sink.expiry(c.expires) {
         Ok(t) => {
             if now >= t {
                 warnings.push(format!("{who} expired ({})", c.expires.as_str()));

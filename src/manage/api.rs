@@ -1,6 +1,7 @@
 //! The management API's endpoints (SPEC §9's table). Each handler is a plain function of
 //! the call, the actor and a read of the store; changes go through `crate::store`.
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -15,7 +16,7 @@ use crate::config::raw::{strings, EntryRaw};
 use crate::config::validate::{parse_expires, parse_net, valid_name, EXPIRY_WARNING_SECS, MAX_ALLOWED_IPS};
 use crate::config::{Environment, Snapshot};
 use crate::permission::{builtin_role, Permission, BUILTIN_ROLES};
-use crate::store::file::{FileStore, View};
+use crate::store::file::Version;
 use crate::store::secret::{hash_secret, new_secret};
 use crate::store::span::{parse_duration, rfc3339, today};
 use crate::store::{change, Applied, Change, EntryEdit, Kind, NewEntry, Store, StoreError};
@@ -229,7 +230,7 @@ pub fn handle(m: &Manager, call: &Call<'_>) -> (Answer, Option<Actor>) {
         ("GET", ["session"]) => session_answer(m, call, &actor, via),
         ("DELETE", ["session"]) => sign_out(m, call),
         ("GET", ["openapi.json"]) => Answer::json(200, serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()),
-        ("GET", ["roles"]) => roles(call),
+        ("GET", ["roles"]) => roles(m, call),
         ("GET", ["credentials"]) => list(m, call, &actor),
         ("POST", ["credentials"]) => create(m, call, &actor),
         ("GET", ["credentials", name]) => show(m, call, &actor, name),
@@ -358,20 +359,31 @@ fn sign_out(m: &Manager, call: &Call<'_>) -> Answer {
 // ---------------------------------------------------------------------------------
 // Reading credentials.
 
-fn store(snap: &Snapshot) -> Result<FileStore, Answer> {
-    FileStore::resolve(snap.settings.credentials_file.clone(), snap.settings.environment)
-        .map_err(|e| Answer::error(500, "server_error", e))
+/// A read of the store: every credential, and the version it was read at.
+pub struct View {
+    pub raw: crate::config::raw::CredentialsRaw,
+    pub version: Version,
 }
 
-fn read(snap: &Snapshot) -> Result<(FileStore, View), Answer> {
-    let s = store(snap)?;
-    let v = s.read(false).map_err(|e| Answer::error(500, "server_error", e))?;
+/// The store of the config in force: the file, or the PostgreSQL database (one
+/// connection setup per process, kept by the manager).
+fn store(m: &Manager, snap: &Snapshot) -> Result<Arc<dyn Store + Send + Sync>, Answer> {
+    m.store_for(snap).map_err(|e| Answer::error(503, "store_unavailable", e))
+}
+
+fn read_view(store: &Arc<dyn Store + Send + Sync>) -> Result<View, Answer> {
+    store.load().map(|(raw, version)| View { raw, version }).map_err(|e| Answer::error(503, "store_unavailable", e))
+}
+
+fn read(m: &Manager, snap: &Snapshot) -> Result<(Arc<dyn Store + Send + Sync>, View), Answer> {
+    let s = store(m, snap)?;
+    let v = read_view(&s)?;
     Ok((s, v))
 }
 
-/// The entity tag of one entry: a hash of its parsed value.
-fn etag_of(view: &View, kind: Kind, idx: usize) -> String {
-    let entry = view.value.get(kind.section()).and_then(|s| s.get(idx)).cloned().unwrap_or(Value::Null);
+/// The entity tag of one entry: a hash of its content as the file would hold it.
+fn etag_of(e: &EntryRaw<'_>) -> String {
+    let entry = crate::store::postgres::entry_value(&crate::store::postgres::entry_row(e));
     let h = Sha256::digest(serde_json::to_vec(&entry).unwrap_or_default());
     format!("\"{}\"", hex::encode(&h[..12]))
 }
@@ -382,7 +394,7 @@ fn entry<'v>(view: &'v View, name: &str) -> Option<(EntryRaw<'v>, Kind, usize)> 
     Some((e, kind, idx))
 }
 
-fn out(m: &Manager, view: &View, e: &EntryRaw<'_>, idx: usize, now: i64) -> CredentialOut {
+fn out(m: &Manager, e: &EntryRaw<'_>, now: i64) -> CredentialOut {
     let expires_at = parse_expires(e.expires).ok();
     CredentialOut {
         kind: e.kind.json().to_string(),
@@ -400,7 +412,7 @@ fn out(m: &Manager, view: &View, e: &EntryRaw<'_>, idx: usize, now: i64) -> Cred
         created_at: e.created_at.map(str::to_string),
         created_by: e.created_by.map(str::to_string),
         last_used: m.last_used.as_ref().and_then(|l| l.get(e.name)).map(rfc3339),
-        etag: etag_of(view, e.kind, idx),
+        etag: etag_of(e),
     }
 }
 
@@ -413,33 +425,29 @@ fn list(m: &Manager, call: &Call<'_>, actor: &Actor) -> Answer {
     if !can.read && !can.change && !can.own_keys {
         return Answer::error(403, "forbidden", "listing credentials needs api_access:read (or a credential linked to a user, for its own keys)");
     }
-    let (_, view) = match read(&call.snap) {
+    let (_, view) = match read(m, &call.snap) {
         Ok(v) => v,
         Err(a) => return a,
     };
     let kind = query_param(call.query, "kind");
     let user = query_param(call.query, "user");
-    let mut idx = [0usize; 2];
     let mut credentials = Vec::new();
     for e in view.raw.entries() {
-        let slot = &mut idx[(e.kind == Kind::ApiKey) as usize];
-        let i = *slot;
-        *slot += 1;
         if !actor.may_see(e.kind, e.user) || kind.is_some_and(|k| k != e.kind.json()) || user.is_some_and(|u| Some(u) != e.user) {
             continue;
         }
-        credentials.push(out(m, &view, &e, i, call.now));
+        credentials.push(out(m, &e, call.now));
     }
     Answer::json(200, serde_json::to_value(CredentialList { credentials }).unwrap_or_default())
 }
 
 fn show(m: &Manager, call: &Call<'_>, actor: &Actor, name: &str) -> Answer {
-    let (_, view) = match read(&call.snap) {
+    let (_, view) = match read(m, &call.snap) {
         Ok(v) => v,
         Err(a) => return a,
     };
     match entry(&view, name) {
-        Some((e, _, idx)) if actor.may_see(e.kind, e.user) => credential_answer(200, out(m, &view, &e, idx, call.now)),
+        Some((e, _, _)) if actor.may_see(e.kind, e.user) => credential_answer(200, out(m, &e, call.now)),
         Some(_) => Answer::error(403, "forbidden", "seeing this credential needs api_access:read"),
         None => Answer::error(404, "not_found", format!("no client or API key named {name:?}")),
     }
@@ -452,15 +460,15 @@ fn credential_answer(status: u16, c: CredentialOut) -> Answer {
 }
 
 /// The credential as written, after a change: read back from the store.
-fn answer_after(m: &Manager, store: &FileStore, name: &str, status: u16, secret: Option<String>, now: i64) -> Answer {
-    let view = match store.read(false) {
+fn answer_after(m: &Manager, store: &Arc<dyn Store + Send + Sync>, name: &str, status: u16, secret: Option<String>, now: i64) -> Answer {
+    let view = match read_view(store) {
         Ok(v) => v,
-        Err(e) => return Answer::error(500, "server_error", e),
+        Err(a) => return a,
     };
-    let Some((e, _, idx)) = entry(&view, name) else {
+    let Some((e, _, _)) = entry(&view, name) else {
         return Answer::error(500, "server_error", "the credential was written but cannot be read back");
     };
-    let c = out(m, &view, &e, idx, now);
+    let c = out(m, &e, now);
     let etag = c.etag.clone();
     let body = match secret {
         Some(secret) => serde_json::to_value(WithSecret { credential: c, secret }).unwrap_or_default(),
@@ -516,8 +524,8 @@ pub fn grid() -> Vec<GridRow> {
     ]
 }
 
-fn roles(call: &Call<'_>) -> Answer {
-    let (_, view) = match read(&call.snap) {
+fn roles(m: &Manager, call: &Call<'_>) -> Answer {
+    let (_, view) = match read(m, &call.snap) {
         Ok(v) => v,
         Err(a) => return a,
     };
@@ -647,7 +655,6 @@ type Prepared = (Kind, NewEntry, Value, Option<String>);
 
 /// Checks a create (rights, fields, no escalation) and builds the entry (no hash yet).
 fn prepare_create(m: &Manager, call: &Call<'_>, actor: &Actor, b: CreateBody) -> Result<Prepared, Answer> {
-    let _ = m;
     let snap = &call.snap;
     let env = snap.settings.environment;
     let kind = match b.kind.as_str() {
@@ -671,7 +678,7 @@ fn prepare_create(m: &Manager, call: &Call<'_>, actor: &Actor, b: CreateBody) ->
             None
         }
     };
-    let (_, view) = read(snap)?;
+    let (_, view) = read(m, snap)?;
     let mut fields = Map::new();
     if !valid_name(&b.name) {
         fields.insert("name".into(), Value::String("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}".into()));
@@ -784,11 +791,11 @@ fn entry_from_json(v: &Value) -> Option<(Kind, NewEntry)> {
 
 /// Makes the secret, stores its hash, answers `201` with the secret.
 fn apply_create(m: &Manager, call: &Call<'_>, kind: Kind, mut entry: NewEntry) -> Answer {
-    let store = match store(&call.snap) {
+    let store = match store(m, &call.snap) {
         Ok(s) => s,
         Err(a) => return a,
     };
-    let secret = new_secret(kind, store.env);
+    let secret = new_secret(kind, call.snap.settings.environment);
     entry.hash = match hash_secret(kind, &secret) {
         Ok(h) => h,
         Err(e) => return Answer::error(500, "server_error", e),
@@ -816,7 +823,7 @@ fn for_change<'v>(call: &Call<'_>, actor: &Actor, view: &'v View, name: &str) ->
         return Err(Answer::error(403, "forbidden", "changing this credential needs api_access:change (or it must be an API key of your own user)"));
     }
     if let Some(m) = call.headers.get(http::header::IF_MATCH).and_then(|v| v.to_str().ok()) {
-        let current = etag_of(view, kind, idx);
+        let current = etag_of(&e);
         if m.trim() != "*" && !m.split(',').any(|t| t.trim().trim_start_matches("W/") == current) {
             return Err(Answer::error(412, "precondition_failed", "the credential changed since you read it (If-Match): read it again"));
         }
@@ -826,15 +833,15 @@ fn for_change<'v>(call: &Call<'_>, actor: &Actor, view: &'v View, name: &str) ->
 
 /// Applies `change` over the version read; when another write came in between, tries again
 /// if this credential's entry is unchanged, else `409`.
-fn apply_over(store: &FileStore, view: &View, name: &str, change: &Change, now: i64) -> Result<Applied, Answer> {
-    let tag = entry(view, name).map(|(_, k, i)| etag_of(view, k, i));
+fn apply_over(store: &Arc<dyn Store + Send + Sync>, view: &View, name: &str, change: &Change, now: i64) -> Result<Applied, Answer> {
+    let tag = entry(view, name).map(|(e, _, _)| etag_of(&e));
     let mut version = view.version;
     for _ in 0..3 {
         match store.apply(change, Some(version), now) {
             Ok(a) => return Ok(a),
             Err(StoreError::Stale(d)) => {
-                let fresh = store.read(false).map_err(|e| Answer::error(500, "server_error", e))?;
-                if entry(&fresh, name).map(|(_, k, i)| etag_of(&fresh, k, i)) != tag {
+                let fresh = read_view(store)?;
+                if entry(&fresh, name).map(|(e, _, _)| etag_of(&e)) != tag {
                     return Err(Answer::error(409, "conflict", format!("{name:?} was changed by another write meanwhile: read it again ({d})")));
                 }
                 version = fresh.version;
@@ -854,7 +861,7 @@ fn edit(m: &Manager, call: &Call<'_>, actor: &Actor, name: &str) -> Answer {
             return Answer::invalid(f).with_target(name);
         }
     };
-    let (store, view) = match read(&call.snap) {
+    let (store, view) = match read(m, &call.snap) {
         Ok(v) => v,
         Err(a) => return a.with_target(name),
     };
@@ -978,16 +985,16 @@ fn edit(m: &Manager, call: &Call<'_>, actor: &Actor, name: &str) -> Answer {
     a.with_target(name)
 }
 
-fn apply_edit(m: &Manager, call: &Call<'_>, store: &FileStore, view: &View, name: &str, ed: EntryEdit, disabled: Option<bool>) -> Answer {
+fn apply_edit(m: &Manager, call: &Call<'_>, store: &Arc<dyn Store + Send + Sync>, view: &View, name: &str, ed: EntryEdit, disabled: Option<bool>) -> Answer {
     if !ed.is_empty() {
         if let Err(a) = apply_over(store, view, name, &Change::Edit { name: name.to_string(), edit: ed }, call.now) {
             return a;
         }
     }
     if let Some(d) = disabled {
-        let fresh = match store.read(false) {
+        let fresh = match read_view(store) {
             Ok(v) => v,
-            Err(e) => return Answer::error(500, "server_error", e),
+            Err(a) => return a,
         };
         if entry(&fresh, name).is_some_and(|(e, _, _)| e.disabled != d) {
             if let Err(a) = apply_over(store, &fresh, name, &Change::SetDisabled { name: name.to_string(), disabled: d }, call.now) {
@@ -999,7 +1006,7 @@ fn apply_edit(m: &Manager, call: &Call<'_>, store: &FileStore, view: &View, name
 }
 
 fn set_disabled(m: &Manager, call: &Call<'_>, actor: &Actor, name: &str, disabled: bool) -> Answer {
-    let (store, view) = match read(&call.snap) {
+    let (store, view) = match read(m, &call.snap) {
         Ok(v) => v,
         Err(a) => return a.with_target(name),
     };
@@ -1017,8 +1024,8 @@ fn set_disabled(m: &Manager, call: &Call<'_>, actor: &Actor, name: &str, disable
     }
 }
 
-fn delete(_m: &Manager, call: &Call<'_>, actor: &Actor, name: &str) -> Answer {
-    let (store, view) = match read(&call.snap) {
+fn delete(m: &Manager, call: &Call<'_>, actor: &Actor, name: &str) -> Answer {
+    let (store, view) = match read(m, &call.snap) {
         Ok(v) => v,
         Err(a) => return a.with_target(name),
     };
@@ -1052,7 +1059,7 @@ fn rotate(m: &Manager, call: &Call<'_>, actor: &Actor, name: &str) -> Answer {
             Err(e) => return Answer::invalid(one("overlap", &e)).with_target(name),
         },
     };
-    let (store, view) = match read(&call.snap) {
+    let (store, view) = match read(m, &call.snap) {
         Ok(v) => v,
         Err(a) => return a.with_target(name),
     };
@@ -1060,7 +1067,7 @@ fn rotate(m: &Manager, call: &Call<'_>, actor: &Actor, name: &str) -> Answer {
         Ok((_, k, _)) => k,
         Err(a) => return a.with_target(name),
     };
-    let secret = new_secret(kind, store.env);
+    let secret = new_secret(kind, call.snap.settings.environment);
     let hash = match hash_secret(kind, &secret) {
         Ok(h) => h,
         Err(e) => return Answer::error(500, "server_error", e),
@@ -1117,7 +1124,7 @@ fn decide(m: &Manager, call: &Call<'_>, actor: &Actor, id: &str, approve: bool) 
             Err(e) => Answer::error(500, "server_error", e),
         };
     }
-    let (store, view) = match read(&call.snap) {
+    let (store, view) = match read(m, &call.snap) {
         Ok(v) => v,
         Err(a) => return a,
     };
@@ -1126,7 +1133,7 @@ fn decide(m: &Manager, call: &Call<'_>, actor: &Actor, id: &str, approve: bool) 
             let Some((kind, mut entry)) = entry_from_json(&r.change) else {
                 return Answer::error(500, "server_error", "the request's change cannot be read");
             };
-            let secret = new_secret(kind, store.env);
+            let secret = new_secret(kind, call.snap.settings.environment);
             entry.hash = match hash_secret(kind, &secret) {
                 Ok(h) => h,
                 Err(e) => return Answer::error(500, "server_error", e),

@@ -63,6 +63,8 @@ struct QueueFile {
 /// The queue and the secrets waiting for pickup.
 pub struct Queue {
     path: Option<PathBuf>,
+    /// The PostgreSQL store keeps the queue in its database (SPEC §10).
+    db: Option<std::sync::Arc<crate::store::postgres::PgStore>>,
     inner: Mutex<Inner>,
 }
 
@@ -103,14 +105,32 @@ impl Queue {
                 Err(_) => None,
             })
             .unwrap_or_default();
-        Queue { path, inner: Mutex::new(Inner { requests, secrets: HashMap::new() }) }
+        Queue { path, db: None, inner: Mutex::new(Inner { requests, secrets: HashMap::new() }) }
     }
 
+    /// The queue kept in the PostgreSQL store's database.
+    pub fn in_database(db: std::sync::Arc<crate::store::postgres::PgStore>) -> Queue {
+        Queue { path: None, db: Some(db), inner: Mutex::new(Inner::default()) }
+    }
+
+    /// The queue, re-read from the database first when it lives there (another replica
+    /// may have changed it).
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = &self.db {
+            match db.load_requests() {
+                Ok(rows) => inner.requests = rows.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect(),
+                Err(e) => tracing::warn!(error = %e, "cannot read the approval queue from the database; using the last one read"),
+            }
+        }
+        inner
     }
 
     fn save(&self, inner: &Inner) -> Result<(), String> {
+        if let Some(db) = &self.db {
+            let rows = inner.requests.iter().map(|r| (r.id.clone(), serde_json::to_value(r).unwrap_or_default())).collect();
+            return db.save_requests(rows);
+        }
         let Some(path) = &self.path else { return Ok(()) };
         let body = serde_json::to_vec_pretty(&QueueFile { version: 1, requests: inner.requests.clone() })
             .map_err(|e| e.to_string())?;

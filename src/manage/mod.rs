@@ -51,6 +51,25 @@ pub struct Manager {
     pub nudge: Option<Arc<Notify>>,
     /// The listener speaks TLS (the cookie is then `Secure`).
     pub tls: bool,
+    /// The PostgreSQL store, opened at first use.
+    pub pg: std::sync::OnceLock<Arc<crate::store::postgres::PgStore>>,
+}
+
+impl Manager {
+    /// The store the config in force names.
+    pub fn store_for(&self, snap: &Snapshot) -> Result<Arc<dyn crate::store::Store + Send + Sync>, String> {
+        match snap.settings.store.database_url() {
+            None => crate::store::FileStore::resolve(snap.settings.credentials_file.clone(), snap.settings.environment)
+                .map(|s| Arc::new(s) as Arc<dyn crate::store::Store + Send + Sync>),
+            Some(url) => {
+                if let Some(pg) = self.pg.get() {
+                    return Ok(pg.clone());
+                }
+                let pg = Arc::new(crate::store::postgres::PgStore::open(&url?, snap.settings.environment)?);
+                Ok(self.pg.get_or_init(|| pg).clone())
+            }
+        }
+    }
 }
 
 /// One answer, and what its audit line says.
@@ -232,7 +251,9 @@ impl ManageApp {
             "credential": who.as_ref().map(|a| a.credential.to_string()),
             "action": action,
             "target": answer.target,
-            "result": answer.error.unwrap_or("ok"),
+            // SPEC §9: every request, allowed or refused; the refusal's code beside it.
+            "result": if answer.status < 400 { "allowed" } else { "refused" },
+            "error": answer.error,
             "status": answer.status,
             "changes": answer.changes,
             "latency_us": started.elapsed().as_micros() as u64,

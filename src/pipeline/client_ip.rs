@@ -68,6 +68,7 @@ mod tests {
             upstream_tls: None,
             credentials_file: Default::default(),
             management: None,
+            store: Default::default(),
         }
     }
     fn ip(s: &str) -> IpAddr {

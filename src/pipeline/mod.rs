@@ -4,6 +4,7 @@ pub mod authn;
 pub mod client_ip;
 pub mod rewrite;
 pub mod sanity;
+pub mod trace;
 
 use std::net::IpAddr;
 use std::sync::Arc;

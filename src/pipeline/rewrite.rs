@@ -1,10 +1,11 @@
 //! The upstream request rewrite (SPEC §5 step 8): strip credentials and every caller-sent
-//! identity header, add ours, and forward the normalized path that was matched. Takes a
-//! [`Permit`], so an unauthorized request cannot reach it.
+//! identity header, add ours, pass on the trace context, and forward the normalized path
+//! that was matched. Takes a [`Permit`], so an unauthorized request cannot reach it.
 use std::net::IpAddr;
 
 use pingora::http::RequestHeader;
 
+use super::trace::TraceContext;
 use super::Permit;
 
 /// Whether `name` (lower-case) is an identity header once `_` and `.` read as `-`.
@@ -25,12 +26,15 @@ const KEEP: [&str; 3] = ["host", "content-length", "transfer-encoding"];
 
 /// Rewrites `req` for the upstream. Returns the names of caller-sent headers it removed
 /// (for a debug note), never their values. Fails closed: if an identity header cannot be
-/// set, the request must not be forwarded.
+/// set, the request must not be forwarded. The caller's `traceparent` (and `tracestate`)
+/// stay as they came; a `trace` started here replaces an invalid one, and drops the
+/// `tracestate` that came with it.
 pub fn rewrite(
     req: &mut RequestHeader,
     permit: &Permit,
     request_id: &str,
     peer: IpAddr,
+    trace: &TraceContext,
 ) -> pingora::Result<Vec<String>> {
     if let Some(t) = &permit.normalized_target {
         let uri = http::Uri::try_from(t.as_str()).map_err(|e| {
@@ -91,6 +95,12 @@ pub fn rewrite(
     }
     req.insert_header("x-auth-client-ip", permit.client_ip.to_string())?;
     req.insert_header("x-auth-request-id", request_id)?;
+    if trace.started {
+        if req.remove_header("tracestate").is_some() {
+            stripped.push("tracestate".into());
+        }
+        req.insert_header("traceparent", trace.header())?;
+    }
     Ok(stripped)
 }
 
@@ -137,7 +147,10 @@ mod tests {
             normalized_target: None,
             _sealed: (),
         };
-        rewrite(&mut req, &permit, "rid", "127.0.0.1".parse().unwrap()).unwrap();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        req.append_header("traceparent", tp).unwrap();
+        let trace = super::super::trace::parse(tp.as_bytes()).unwrap();
+        rewrite(&mut req, &permit, "rid", "127.0.0.1".parse().unwrap(), &trace).unwrap();
         let h = &req.headers;
         assert!(h.get("x-api-key").is_none());
         assert!(h.get("x_auth_user").is_none());
@@ -149,5 +162,6 @@ mod tests {
         assert_eq!(h.get("x-auth-user").unwrap(), "alice");
         assert_eq!(h.get("x-auth-client-ip").unwrap(), "198.51.100.2");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.1, 127.0.0.1");
+        assert_eq!(h.get("traceparent").unwrap(), tp, "the caller's trace context is passed on unchanged");
     }
 }

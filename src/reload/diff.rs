@@ -143,6 +143,7 @@ fn diff_settings(old: &Settings, new: &Settings) -> Vec<&'static str> {
         upstream_tls,
         credentials_file,
         management,
+        store,
     } = old;
     let mut changed = Vec::new();
     let mut check = |differs: bool, name: &'static str| {
@@ -168,6 +169,7 @@ fn diff_settings(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check(*tls != new.tls, "tls");
     check(*upstream_tls != new.upstream_tls, "upstream_tls");
     check(*credentials_file != new.credentials_file, "credentials_file");
+    check(*store != new.store, "store");
     check(management_differs(management.as_ref(), new.management.as_ref()), "management");
     changed
 }

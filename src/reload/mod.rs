@@ -30,8 +30,13 @@ use std::time::Duration;
 use crate::config::{self, ConfigErrors, Settings, Shared};
 
 mod diff;
+pub mod postgres;
 mod reloader;
 mod service;
+
+/// Serializes the writers of the snapshot in force: a reload of the files and the
+/// PostgreSQL sync, so that neither replaces a newer snapshot with an older one.
+pub(crate) static SWAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub use diff::{diff, ConfigDiff, CredentialChange};
 pub use reloader::{Observer, Reloader, WatchSet};
@@ -136,6 +141,7 @@ pub fn reload_now(config_path: &Path, shared: &Shared, trigger: Trigger, now: i6
         );
         ReloadResult::Failed(errors)
     };
+    let _serial = SWAP.lock().unwrap_or_else(|p| p.into_inner());
     let mut new = match config::load(config_path, now) {
         Ok(snap) => snap,
         Err(errors) => return failed(errors),

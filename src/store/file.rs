@@ -36,6 +36,14 @@ impl Version {
         Version(h.finalize().into())
     }
 
+    /// The version of a database store at `generation`.
+    pub fn from_generation(generation: i64) -> Version {
+        let mut h = Sha256::new();
+        h.update(b"generation\0");
+        h.update(generation.to_be_bytes());
+        Version(h.finalize().into())
+    }
+
     /// As an HTTP entity tag (for `If-Match`).
     pub fn etag(&self) -> String {
         format!("\"{}\"", hex::encode(&self.0[..16]))

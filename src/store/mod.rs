@@ -7,6 +7,7 @@ pub mod change;
 pub mod edit;
 pub mod file;
 pub mod kind;
+pub mod postgres;
 pub mod secret;
 pub mod span;
 pub mod yaml;

@@ -6,7 +6,6 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use jsonwebtoken::Header;
 use serde_json::json;
 
 use super::keys::SigningKey;
@@ -480,10 +479,8 @@ pub fn sign(
     scope: &str,
     now: i64,
     exp: i64,
-) -> jsonwebtoken::errors::Result<String> {
-    let mut header = Header::new(signer.alg);
-    header.typ = Some("at+jwt".into());
-    header.kid = Some(signer.kid.clone());
+) -> Result<String, super::keys::SignError> {
+    let header = json!({"typ": "at+jwt", "alg": signer.alg.name(), "kid": signer.kid});
     let claims = json!({
         "iss": ts.issuer,
         "aud": ts.audience,
@@ -494,7 +491,7 @@ pub fn sign(
         "jti": format!("{:032x}", rand::random::<u128>()),
         "scope": scope,
     });
-    jsonwebtoken::encode(&header, &claims, &signer.encoding)
+    signer.sign_jws(&header, &claims)
 }
 
 #[cfg(test)]

@@ -90,13 +90,6 @@ fn peek_payload(token: &str) -> Option<Map<String, Value>> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Whether the JWS protected header holds a `crit` member (whatever its value).
-fn header_has_crit(token: &str) -> bool {
-    let Some(h) = token.split('.').next() else { return false };
-    let Ok(bytes) = URL_SAFE_NO_PAD.decode(h) else { return false };
-    serde_json::from_slice::<Map<String, Value>>(&bytes).map_or(false, |m| m.contains_key("crit"))
-}
-
 /// Full verification: header, key choice (by issuer and `kid`; the algorithm is the key's),
 /// signature, claims, then the identity.
 fn verify_uncached(
@@ -105,12 +98,12 @@ fn verify_uncached(
     token: &str,
     now: i64,
 ) -> Result<(Identity, i64, i64), Rejection> {
-    let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the token is malformed"))?;
-    if header.jwk.is_some() || header.jku.is_some() || header.x5u.is_some() || header.x5c.is_some() {
+    let header = keys::decode_header(token).ok_or_else(|| invalid("the token is malformed"))?;
+    if header.names_own_key {
         return Err(invalid("the token names its own key, which is never trusted"));
     }
     // RFC 7515 §4.1.11: no extension is understood here, so a `crit` header is refused.
-    if header_has_crit(token) {
+    if header.crit {
         return Err(invalid("the token has a crit header, which is not supported"));
     }
     let unverified = peek_payload(token).ok_or_else(|| invalid("the token is malformed"))?;
@@ -136,7 +129,7 @@ fn verify_uncached(
     };
     let chosen: Vec<&VerifyKey> = match &header.kid {
         Some(kid) => candidates.into_iter().filter(|k| k.kid.as_deref() == Some(kid)).collect(),
-        None => candidates.into_iter().filter(|k| k.alg == header.alg).collect(),
+        None => candidates.into_iter().filter(|k| Some(k.alg) == header.alg).collect(),
     };
     if chosen.is_empty() {
         if let Some(r) = external.and_then(|e| e.remote.as_ref()) {
@@ -148,7 +141,7 @@ fn verify_uncached(
     // key's own algorithm (equal to the header's, or the key is skipped).
     let (message, signature) = token.rsplit_once('.').ok_or_else(|| invalid("the token is malformed"))?;
     let verified = chosen.iter().any(|k| {
-        k.alg == header.alg && jsonwebtoken::crypto::verify(signature, message.as_bytes(), &k.key, k.alg).unwrap_or(false)
+        Some(k.alg) == header.alg && k.verify_b64(message.as_bytes(), signature)
     });
     let claims = verified.then_some(unverified);
     let claims = claims.ok_or_else(|| invalid("the token's signature is not valid"))?;

@@ -8,7 +8,6 @@
 //! that keeps an issuer reuses its fetcher and does not refetch), and when the last
 //! snapshot naming the URL is dropped, the fetcher's thread stops.
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -167,13 +166,17 @@ fn start(url: &str) -> Arc<RemoteJwks> {
 
 fn fetch(url: &str) -> Result<Vec<VerifyKey>, String> {
     let resp = ureq::get(url)
-        .timeout(Duration::from_secs(5))
+        .config()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
         .call()
         .map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    resp.into_reader()
-        .take(MAX_JWKS_BYTES)
-        .read_to_string(&mut body)
+    // A larger body is an error, not a truncated document.
+    let body = resp
+        .into_body()
+        .with_config()
+        .limit(MAX_JWKS_BYTES)
+        .read_to_string()
         .map_err(|e| e.to_string())?;
     let (keys, skipped) = parse_jwks(&body)?;
     for s in skipped {

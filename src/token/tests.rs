@@ -36,9 +36,7 @@ fn claims(client: &str) -> Value {
 
 fn sign(snap: &Snapshot, header: &Value, claims: &Value) -> String {
     let signer = snap.tokens.as_ref().and_then(|t| t.signer.as_ref()).unwrap();
-    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
-    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &signer.encoding, signer.alg).unwrap();
-    format!("{input}.{sig}")
+    signer.sign_jws(header, claims).unwrap()
 }
 
 fn kid(snap: &Snapshot) -> String {

@@ -7,6 +7,7 @@
 
 #[path = "../../examples/mock_wallet.rs"]
 pub mod mock_wallet;
+pub mod pg;
 
 use std::fs;
 use std::io::{self, Read, Write};

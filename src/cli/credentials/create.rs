@@ -45,8 +45,8 @@ pub(super) fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Wri
         Permission::parse(p.trim()).map_err(|e| format!("--permission: {e}"))?;
         permissions.push(p.trim().to_string());
     }
-    let ips = allow_ips(&c.allow_ips, loc.store.env)?;
-    if ips.is_empty() && loc.store.env == Environment::Production {
+    let ips = allow_ips(&c.allow_ips, loc.store.env())?;
+    if ips.is_empty() && loc.store.env() == Environment::Production {
         return Err("--allow-ip is required: in production every credential must list the addresses it may be used from".into());
     }
     if let Some(d) = &c.description {
@@ -71,7 +71,7 @@ pub(super) fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Wri
     }
     let expires = expiry_text(c, now)?;
 
-    let secret = new_secret(kind, loc.store.env);
+    let secret = new_secret(kind, loc.store.env());
     let hash = hash_secret(kind, &secret)?;
 
     let entry = NewEntry {

@@ -64,14 +64,14 @@ pub(super) fn set_disabled(
 pub(super) fn edit(loc: &Location, a: &EditArgs, now: i64, out: &mut dyn Write) -> Res<()> {
     let list = |given: &[String], clear: bool| (clear || !given.is_empty()).then(|| given.iter().map(|s| s.trim().to_string()).collect());
     let allowed_ips = if a.all_ips {
-        if loc.store.env == Environment::Production {
+        if loc.store.env() == Environment::Production {
             return Err("--all-ips: in production every credential must list the addresses it may be used from".into());
         }
         Some(None)
     } else if a.allow_ips.is_empty() {
         None
     } else {
-        Some(Some(allow_ips(&a.allow_ips, loc.store.env)?))
+        Some(Some(allow_ips(&a.allow_ips, loc.store.env())?))
     };
     let optional = |v: &Option<String>, clear: bool| if clear { Some(None) } else { v.clone().map(Some) };
     let edit = EntryEdit {
@@ -166,7 +166,7 @@ pub(super) fn rotate(
     };
     let cur = loc.store.read(true)?;
     let (kind, _) = locate(&cur, loc, name)?;
-    let secret = new_secret(kind, loc.store.env);
+    let secret = new_secret(kind, loc.store.env());
     let hash = hash_secret(kind, &secret)?;
     let change = Change::Rotate { name: name.to_string(), hash, overlap_until: until };
     let applied = loc.store.apply(&change, Some(cur.version), now)?;

@@ -109,7 +109,11 @@ impl<'a> EntryRaw<'a> {
 /// The last-use times the sidecar keeps beside the file (read only: the CLI never writes
 /// them). A file that cannot be read is a warning on stderr and "never" for everyone.
 fn last_used(loc: &Location) -> Arc<LastUsed> {
-    let (table, problem) = LastUsed::load(state_path(&loc.store.shown));
+    let Some(file) = loc.store.file() else {
+        // The PostgreSQL store keeps them in the database.
+        return LastUsed::open_none();
+    };
+    let (table, problem) = LastUsed::load(state_path(file));
     if let Some(p) = problem {
         eprintln!("warning: last-use times not shown: {p}");
     }
@@ -124,9 +128,8 @@ fn ago(t: Option<i64>, now: i64) -> String {
 
 /// Validates the file as it is, for `list`/`show`: warnings on stderr, never fatal.
 fn validated(loc: &Location, cur: &View, now: i64) -> Option<CredentialStore> {
-    match config::credentials_from_text(&loc.store.shown, cur.text.as_deref().unwrap_or(""), loc.store.env, now)
-    {
-        Ok((store, _)) => Some(store),
+    match loc.store.validate(cur, now) {
+        Ok(store) => Some(store),
         Err(errs) => {
             eprintln!(
                 "warning: the sidecar would refuse {} as it is:\n{errs}",

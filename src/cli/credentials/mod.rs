@@ -49,7 +49,9 @@ use crate::config::validate::{
 use crate::config::{self, CredentialStore, Environment, RouteTable};
 use crate::permission::{builtin_role, Permission, Scope, Target, BUILTIN_ROLES};
 use crate::config::parent_dir;
-use crate::store::file::{FileStore, View};
+use crate::store::file::{Applied, FileStore, Version};
+use crate::store::postgres::PgStore;
+use crate::store::StoreError;
 use crate::store::secret::{hash_secret, new_secret};
 use crate::store::span::{human_span, parse_span, rfc3339, span_secs, today};
 use crate::store::{change, Change, Kind, NewEntry, Store};
@@ -284,24 +286,88 @@ struct MainInfo {
     routes: RouteTable,
 }
 
-/// The credentials file to work on, and what the main config says about it.
+/// The store to work on: the credentials file, or the PostgreSQL database (SPEC §10).
+enum Backend {
+    File(FileStore),
+    Pg(PgStore),
+}
+
+/// One read of the store.
+struct View {
+    raw: crate::config::raw::CredentialsRaw,
+    version: Version,
+    /// The file's text (the file store).
+    text: Option<String>,
+}
+
+impl Backend {
+    fn read(&self, must_exist: bool) -> Res<View> {
+        match self {
+            Backend::File(f) => f.read(must_exist).map(|v| View { raw: v.raw, version: v.version, text: v.text }).map_err(Failure),
+            Backend::Pg(p) => Store::load(p).map(|(raw, version)| View { raw, version, text: None }).map_err(Failure),
+        }
+    }
+
+    fn apply(&self, change: &Change, expected: Option<Version>, now: i64) -> Result<Applied, StoreError> {
+        match self {
+            Backend::File(f) => f.apply(change, expected, now),
+            Backend::Pg(p) => p.apply(change, expected, now),
+        }
+    }
+
+    fn env(&self) -> Environment {
+        match self {
+            Backend::File(f) => f.env,
+            Backend::Pg(p) => p.env,
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Backend::File(f) => f.label(),
+            Backend::Pg(p) => p.label(),
+        }
+    }
+
+    /// The credentials file (for the last-use times beside it).
+    fn file(&self) -> Option<&Path> {
+        match self {
+            Backend::File(f) => Some(&f.shown),
+            Backend::Pg(_) => None,
+        }
+    }
+
+    /// The read validated as the loader would.
+    fn validate(&self, cur: &View, now: i64) -> Result<CredentialStore, config::ConfigErrors> {
+        match self {
+            Backend::File(f) => config::credentials_from_text(&f.shown, cur.text.as_deref().unwrap_or(""), f.env, now).map(|(s, _)| s),
+            Backend::Pg(p) => config::credentials_from_raw(Path::new("the PostgreSQL store"), &cur.raw, p.env, now).map(|(s, _)| s),
+        }
+    }
+}
+
+/// The store to work on, and what the main config says about it.
 struct Location {
-    store: FileStore,
+    store: Backend,
     main: Option<MainInfo>,
 }
 
 impl Location {
     fn resolve(args: &Args) -> Res<Location> {
-        let (shown, env, main) = match (&args.config, &args.file) {
+        let (shown, env, main, database) = match (&args.config, &args.file) {
             (Some(c), _) => main_config(c)?,
-            (None, Some(f)) => (f.clone(), Environment::Sandbox, None),
+            (None, Some(f)) => (f.clone(), Environment::Sandbox, None, None),
             (None, None) => {
                 return Err(
                     "say which file: --config portcullis.yaml (or --file credentials.yaml)".into(),
                 )
             }
         };
-        Ok(Location { store: FileStore::resolve(shown, env)?, main })
+        let store = match database {
+            Some(url) => Backend::Pg(PgStore::open(&url?, env)?),
+            None => Backend::File(FileStore::resolve(shown, env)?),
+        };
+        Ok(Location { store, main })
     }
 
     fn label(&self) -> String {
@@ -310,7 +376,9 @@ impl Location {
 }
 
 /// Reads the main config for the credentials path, environment, listener and routes.
-fn main_config(path: &Path) -> Res<(PathBuf, Environment, Option<MainInfo>)> {
+/// And, for a PostgreSQL store, its database URL.
+#[allow(clippy::type_complexity)]
+fn main_config(path: &Path) -> Res<(PathBuf, Environment, Option<MainInfo>, Option<Result<String, String>>)> {
     let text =
         fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let raw: MainRaw = config::parse(path, &text).map_err(|e| e.to_string())?;
@@ -348,7 +416,14 @@ fn main_config(path: &Path) -> Res<(PathBuf, Environment, Option<MainInfo>)> {
         revoke_on_disable: tokens.and_then(|t| t.revoke_on_disable).unwrap_or(false),
         routes,
     };
-    Ok((cred, env, Some(info)))
+    let database = match &raw.store {
+        Some(st) if st.kind.as_str() == "postgres" => Some(crate::store::postgres::database_url(
+            st.url_env.as_deref().map(String::as_str),
+            st.url_file.as_ref().map(|f| base.join(f.as_str())).as_deref(),
+        )),
+        _ => None,
+    };
+    Ok((cred, env, Some(info), database))
 }
 
 fn note_comments_lost(loc: &Location, kept: bool) {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod last_used;
 pub mod manage;
 pub mod metrics;
+pub mod otlp;
 pub mod permission;
 pub mod pipeline;
 pub mod proxy;

@@ -33,6 +33,10 @@ enum Command {
         /// lines are JSON always.
         #[arg(long, value_enum, default_value_t = portcullis::telemetry::LogFormat::Auto)]
         log_format: portcullis::telemetry::LogFormat,
+        /// Export one OTLP span per request to this collector (OTLP/HTTP, e.g.
+        /// http://127.0.0.1:4318); default: OTEL_EXPORTER_OTLP_ENDPOINT, else off.
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
     },
     /// Generate a token signing key (PKCS#8 PEM), written with mode 0600.
     Keygen {
@@ -86,7 +90,7 @@ fn main() -> ExitCode {
             let code = portcullis::cli::check::run(&config, strict, &mut std::io::stdout());
             ExitCode::from(code as u8)
         }
-        Command::Serve { config, log_format } => serve(config, log_format),
+        Command::Serve { config, log_format, otlp_endpoint } => serve(config, log_format, otlp_endpoint),
         Command::Credentials(args) => ExitCode::from(portcullis::cli::credentials::run(&args) as u8),
         Command::Explain(args) => ExitCode::from(portcullis::cli::explain::run(&args) as u8),
         Command::Store(args) => ExitCode::from(portcullis::cli::store::run(&args) as u8),
@@ -143,8 +147,12 @@ fn keygen(out: &std::path::Path, alg: &str, force: bool) -> Result<String, Strin
     Ok(kid)
 }
 
-fn serve(path: PathBuf, log_format: portcullis::telemetry::LogFormat) -> ExitCode {
+fn serve(path: PathBuf, log_format: portcullis::telemetry::LogFormat, otlp_endpoint: Option<String>) -> ExitCode {
     portcullis::telemetry::init_logging_as(log_format);
+    if let Err(e) = portcullis::otlp::init(otlp_endpoint.as_deref()) {
+        eprintln!("portcullis: cannot start: {e}");
+        return ExitCode::from(2);
+    }
     let snap = match config::load_for_serving(&path, config::unix_now()) {
         Ok(s) => s,
         Err(e) => {
@@ -304,6 +312,7 @@ fn serve(path: PathBuf, log_format: portcullis::telemetry::LogFormat) -> ExitCod
             before_exit: Some({
                 let (l, db) = (last_used.clone(), pg_store.clone());
                 Arc::new(move || {
+                    portcullis::otlp::shutdown();
                     let _ = l.flush();
                     if let (Some(db), Some(times)) = (&db, l.take_changed()) {
                         let _ = db.save_last_used(times);
@@ -313,6 +322,7 @@ fn serve(path: PathBuf, log_format: portcullis::telemetry::LogFormat) -> ExitCod
         }),
     });
     let _ = last_used.flush();
+    portcullis::otlp::shutdown();
     portcullis::telemetry::flush_audit(std::time::Duration::from_secs(2));
     ExitCode::SUCCESS
 }

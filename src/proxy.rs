@@ -480,8 +480,9 @@ impl ProxyHttp for Portcullis {
         };
         let latency = ctx.start.elapsed();
         // A request pingora refused before `request_filter` still has the caller's trace id.
-        let trace_id = ctx.trace.unwrap_or_else(|| trace::from_headers(&req.headers)).trace_id_hex();
-        telemetry::audit(&AuditRecord {
+        let trace_ctx = ctx.trace.unwrap_or_else(|| trace::from_headers(&req.headers));
+        let trace_id = trace_ctx.trace_id_hex();
+        let record = AuditRecord {
             request_id: &ctx.request_id,
             client_ip: d.and_then(|d| d.client_ip).or(endpoint_ip),
             method: req.method.as_str(),
@@ -496,7 +497,9 @@ impl ProxyHttp for Portcullis {
             latency,
             upstream_latency: ctx.upstream_start.map(|t| t.elapsed()),
             trace_id: trace_id.as_str(),
-        });
+        };
+        telemetry::audit(&record);
+        crate::otlp::record(&record, &trace_ctx, latency);
         let now = unix_now();
         match (&ctx.fate, audited) {
             (Fate::Endpoint { answered: Answered::Issued(client), .. }, _) => self.metrics.token_issued(&ctx.snap, client, now),

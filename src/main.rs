@@ -222,7 +222,7 @@ fn serve(path: PathBuf, log_format: portcullis::telemetry::LogFormat, otlp_endpo
     });
 
     let conf = ServerConf {
-        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        threads: shared.load().settings.threads,
         grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()

@@ -153,6 +153,10 @@ pub struct MainRaw {
     /// Seconds SIGTERM waits for in-flight requests (default 10).
     #[serde(default)]
     pub shutdown_grace: Option<u64>,
+    /// Worker threads of the proxy (pingora's `threads`; default one per CPU core).
+    /// Fixed at start: a change needs a restart.
+    #[serde(default)]
+    pub threads: Option<At<usize>>,
     /// Seconds to wait for the upstream's response (default 30); 504 after.
     #[serde(default)]
     pub upstream_timeout: Option<At<f64>>,

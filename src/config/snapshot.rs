@@ -60,6 +60,8 @@ pub struct Settings {
     pub management: Option<ManagementSettings>,
     /// Where credentials live (SPEC §10).
     pub store: StoreSettings,
+    /// The proxy's worker threads (default one per CPU core).
+    pub threads: usize,
 }
 
 /// `store:` validated.

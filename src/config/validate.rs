@@ -172,6 +172,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         routes: _,
         management,
         store,
+        threads,
     } = raw;
     let mut ok = true;
     if listen.parse::<SocketAddr>().is_err() {
@@ -255,6 +256,16 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
     });
     let management = management.as_ref().and_then(|m| management_settings(m, base, sink));
     let store = store_settings(store.as_ref(), raw.credentials_file.is_some(), base, sink);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = match threads {
+        None => cores,
+        Some(t) if (1..=1024).contains(&**t) => **t,
+        Some(t) => {
+            sink.err(t.place(), "threads must be between 1 and 1024");
+            ok = false;
+            cores
+        }
+    };
     if !ok {
         return None;
     }
@@ -262,6 +273,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         credentials_file: credentials_path(raw, base),
         management,
         store: store?,
+        threads,
         listen: listen.to_string(),
         admin_listen,
         upstream: upstream_addr?,
@@ -997,6 +1009,17 @@ mod management_tests {
         assert_eq!((m.default_expiry, m.approval_required, m.approval_expires_after), (90 * 86_400, true, 3600));
         let (s, _) = settings_of("");
         assert!(s.unwrap().management.is_none());
+    }
+
+    #[test]
+    fn allows_a_thread_count_and_defaults_to_one_per_core_and_denies_zero() {
+        let (s, errs) = settings_of("threads: 3\n");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(s.unwrap().threads, 3);
+        let (s, _) = settings_of("");
+        assert_eq!(s.unwrap().threads, std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let (_, errs) = settings_of("threads: 0\n");
+        assert!(errs.iter().any(|e| e.message.contains("threads must be") && e.line == Some(3)), "{errs:?}");
     }
 
     #[test]

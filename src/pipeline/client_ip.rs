@@ -69,6 +69,7 @@ mod tests {
             credentials_file: Default::default(),
             management: None,
             store: Default::default(),
+            threads: 1,
         }
     }
     fn ip(s: &str) -> IpAddr {

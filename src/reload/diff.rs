@@ -144,6 +144,7 @@ fn diff_settings(old: &Settings, new: &Settings) -> Vec<&'static str> {
         credentials_file,
         management,
         store,
+        threads,
     } = old;
     let mut changed = Vec::new();
     let mut check = |differs: bool, name: &'static str| {
@@ -170,6 +171,7 @@ fn diff_settings(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check(*upstream_tls != new.upstream_tls, "upstream_tls");
     check(*credentials_file != new.credentials_file, "credentials_file");
     check(*store != new.store, "store");
+    check(*threads != new.threads, "threads");
     check(management_differs(management.as_ref(), new.management.as_ref()), "management");
     changed
 }

@@ -192,6 +192,10 @@ fn keep_startup_settings(running: &Settings, new: &mut Settings) -> Vec<&'static
         new.admin_listen.clone_from(&running.admin_listen);
         kept.push("admin_listen");
     }
+    if new.threads != running.threads {
+        new.threads = running.threads;
+        kept.push("threads");
+    }
     if new.shutdown_grace != running.shutdown_grace {
         new.shutdown_grace = running.shutdown_grace;
         kept.push("shutdown_grace");

@@ -29,6 +29,14 @@
 //! | `credential_expiry_timestamp_seconds` | gauge | `credential`, `kind` |
 //! | `credential_last_used_timestamp_seconds` | gauge | `credential`, `kind` |
 //! | `credentials` | gauge | `kind`, `state` |
+//! | `credentials_expiring` | gauge | `kind`, `within` (`7d`, `30d`): active ones expiring that soon |
+//! | `credentials_soonest_expiry_timestamp_seconds` | gauge | `kind`: the active credential expiring first |
+//!
+//! **Per-credential series** (`credential_*`, and the `credential`/`client` labels of
+//! `requests_total` and `tokens_issued_total`) are on for up to [`PER_CREDENTIAL_AUTO_LIMIT`]
+//! credentials and off above, unless `metrics.per_credential` says otherwise: 100,000
+//! credentials would mean hundreds of thousands of series on every scrape of every pod.
+//! Expiry alerting then works from `credentials_expiring` and the soonest expiry.
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -172,11 +180,15 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// One configured credential, with its last-use gauge resolved once per snapshot.
+/// Per-credential series are on by default up to this many credentials.
+pub const PER_CREDENTIAL_AUTO_LIMIT: usize = 1000;
+
+/// One configured credential, with its last-use gauge resolved once per snapshot (none
+/// when per-credential series are off).
 #[derive(Clone)]
 struct KnownCredential {
     credential: Arc<Credential>,
-    last_used: Gauge,
+    last_used: Option<Gauge>,
 }
 
 /// The label values a snapshot allows, kept in that snapshot (`Snapshot::metric_labels`):
@@ -190,6 +202,8 @@ struct KnownCredential {
 pub struct Labels {
     routes: HashSet<Arc<str>>,
     credentials: HashMap<Arc<str>, KnownCredential>,
+    /// Per-credential series and label values are kept.
+    per_credential: bool,
 }
 
 impl std::fmt::Debug for Labels {
@@ -231,6 +245,8 @@ pub struct Metrics {
     credential_expiry: GaugeVec,
     credential_last_used: GaugeVec,
     credentials: IntGaugeVec,
+    credentials_expiring: IntGaugeVec,
+    soonest_expiry: GaugeVec,
     /// Serializes snapshot changes and state recounts.
     update: Mutex<InForce>,
     config_loaded: AtomicBool,
@@ -404,6 +420,28 @@ impl Metrics {
             .expect("valid gauge definition"),
         );
 
+        let credentials_expiring = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_credentials_expiring",
+                    "Active credentials expiring within 7 or 30 days, by kind (expiry alerting without per-credential series).",
+                ),
+                &["kind", "within"],
+            )
+            .expect("valid gauge definition"),
+        );
+        let soonest_expiry = reg(
+            &r,
+            GaugeVec::new(
+                Opts::new(
+                    "portcullis_credentials_soonest_expiry_timestamp_seconds",
+                    "When the active credential of this kind that expires first expires (unix seconds); absent when there is none.",
+                ),
+                &["kind"],
+            )
+            .expect("valid gauge definition"),
+        );
         let denial_reasons = || Reason::ALL.into_iter().filter(|r| r.status() < 500);
         let denials = denial_reasons()
             .map(|r| (r, denials_vec.with_label_values(&[r.code()])))
@@ -448,6 +486,8 @@ impl Metrics {
             credential_expiry,
             credential_last_used,
             credentials,
+            credentials_expiring,
+            soonest_expiry,
             update: Mutex::new(InForce::default()),
             config_loaded: AtomicBool::new(false),
         }
@@ -482,7 +522,7 @@ impl Metrics {
 
         let labels = self.labels(snap).clone();
         for (name, old) in &in_force.labels.credentials {
-            let kept = labels.credentials.get(name).is_some_and(|c| c.credential.kind == old.credential.kind);
+            let kept = labels.per_credential && labels.credentials.get(name).is_some_and(|c| c.credential.kind == old.credential.kind);
             if !kept {
                 let names = [name.as_ref(), old.credential.kind.as_str()];
                 let _ = self.credential_expiry.remove_label_values(&names);
@@ -490,7 +530,7 @@ impl Metrics {
             }
         }
         in_force.labels = labels;
-        Self::set_credential_counts(&self.credentials, &in_force.labels, now);
+        self.set_credential_counts(&in_force.labels, now);
         self.last_reload_success.set(now as f64);
         self.last_reload_successful.set(1);
         self.config_loaded.store(true, Ordering::Release);
@@ -501,24 +541,28 @@ impl Metrics {
     /// alerts work); a credential that stays keeps its children, with their values.
     pub fn labels<'s>(&self, snap: &'s Snapshot) -> &'s Arc<Labels> {
         snap.metric_labels.get_or_init(|| {
+            let per_credential = snap.settings.per_credential_metrics.unwrap_or(snap.credentials.all.len() <= PER_CREDENTIAL_AUTO_LIMIT);
             let mut credentials = HashMap::with_capacity(snap.credentials.all.len());
             for c in &snap.credentials.all {
-                credentials.insert(c.id.clone(), self.known(c));
+                credentials.insert(c.id.clone(), self.known(c, per_credential));
             }
             let routes = snap.routes.routes.iter().map(|r| r.id.clone()).collect();
-            Arc::new(Labels { routes, credentials })
+            Arc::new(Labels { routes, credentials, per_credential })
         })
     }
 
     /// A credential's series, made present (so that rate() and absence alerts work).
-    fn known(&self, c: &Arc<Credential>) -> KnownCredential {
+    fn known(&self, c: &Arc<Credential>, per_credential: bool) -> KnownCredential {
+        if !per_credential {
+            return KnownCredential { credential: c.clone(), last_used: None };
+        }
         let names = [c.id.as_ref(), c.kind.as_str()];
         self.credential_expiry.with_label_values(&names).set(c.expires_at as f64);
         let last_used = self.credential_last_used.with_label_values(&names);
         if c.kind == CredentialKind::Client {
             self.tokens_issued.with_label_values(&[c.id.as_ref()]);
         }
-        KnownCredential { credential: c.clone(), last_used }
+        KnownCredential { credential: c.clone(), last_used: Some(last_used) }
     }
 
     /// Builds `new`'s labels from `old`'s when only the credentials named in `changed`
@@ -533,10 +577,10 @@ impl Metrics {
         for name in changed {
             credentials.remove(name.as_str());
             if let Some(c) = new.credentials.find(name) {
-                credentials.insert(c.id.clone(), self.known(c));
+                credentials.insert(c.id.clone(), self.known(c, prev.per_credential));
             }
         }
-        let _ = new.metric_labels.set(Arc::new(Labels { routes: prev.routes.clone(), credentials }));
+        let _ = new.metric_labels.set(Arc::new(Labels { routes: prev.routes.clone(), credentials, per_credential: prev.per_credential }));
     }
 
     /// A reload attempt finished: counts it by result and records whether it succeeded;
@@ -574,7 +618,7 @@ impl Metrics {
                 .filter(|(_, c)| c.credential.kind == kind),
             _ => None,
         };
-        let credential = known.map_or(NONE, |(name, _)| name.as_ref());
+        let credential = known.filter(|_| labels.per_credential).map_or(NONE, |(name, _)| name.as_ref());
         self.request_duration
             .with_label_values(&[route])
             .observe(r.duration.as_secs_f64());
@@ -595,8 +639,8 @@ impl Metrics {
         }
         // A credential is "used" when it got a request through, not when it was refused.
         if matches!(r.outcome, Outcome::Allowed | Outcome::ShadowDenied) {
-            if let Some((_, c)) = known {
-                c.last_used.set(r.now as f64);
+            if let Some(g) = known.and_then(|(_, c)| c.last_used.as_ref()) {
+                g.set(r.now as f64);
             }
         }
         // Last: a scrape that sees the request counted sees all of its other effects.
@@ -622,10 +666,10 @@ impl Metrics {
             .get_key_value(client)
             .filter(|(_, c)| c.credential.kind == CredentialKind::Client);
         self.tokens_issued
-            .with_label_values(&[known.map_or(NONE, |(name, _)| name.as_ref())])
+            .with_label_values(&[known.filter(|_| labels.per_credential).map_or(NONE, |(name, _)| name.as_ref())])
             .inc();
-        if let Some((_, c)) = known {
-            c.last_used.set(now as f64);
+        if let Some(g) = known.and_then(|(_, c)| c.last_used.as_ref()) {
+            g.set(now as f64);
         }
     }
 
@@ -661,25 +705,42 @@ impl Metrics {
     /// Sets `portcullis_credentials{kind,state}` from the current label table at `now`.
     fn count_credentials(&self, now: i64) {
         let in_force = self.update.lock().unwrap_or_else(|p| p.into_inner());
-        Self::set_credential_counts(&self.credentials, &in_force.labels, now);
+        self.set_credential_counts(&in_force.labels, now);
     }
 
     /// Sets the state counts from `labels` (of the snapshot in force; the caller holds
     /// `self.update`).
-    fn set_credential_counts(credentials: &IntGaugeVec, labels: &Labels, now: i64) {
+    /// The per-scrape counts: credentials by state, the active ones expiring within 7
+    /// and 30 days, and the soonest expiry, by kind.
+    fn set_credential_counts(&self, labels: &Labels, now: i64) {
         let mut counts = [[0i64; CredentialState::ALL.len()]; CONFIGURED_KINDS.len()];
+        let mut expiring = [[0i64; 2]; CONFIGURED_KINDS.len()];
+        let mut soonest = [i64::MAX; CONFIGURED_KINDS.len()];
         for c in labels.credentials.values() {
             let kind = CONFIGURED_KINDS.iter().position(|k| *k == c.credential.kind);
-            let state = CredentialState::ALL
-                .iter()
-                .position(|s| *s == CredentialState::of(&c.credential, now));
+            let st = CredentialState::of(&c.credential, now);
+            let state = CredentialState::ALL.iter().position(|s| *s == st);
             if let (Some(k), Some(s)) = (kind, state) {
                 counts[k][s] += 1;
+                if st == CredentialState::Active {
+                    let left = c.credential.expires_at - now;
+                    expiring[k][0] += (left <= 7 * 86_400) as i64;
+                    expiring[k][1] += (left <= 30 * 86_400) as i64;
+                    soonest[k] = soonest[k].min(c.credential.expires_at);
+                }
             }
         }
         for (k, kind) in CONFIGURED_KINDS.iter().enumerate() {
             for (s, state) in CredentialState::ALL.iter().enumerate() {
-                credentials.with_label_values(&[kind.as_str(), state.as_str()]).set(counts[k][s]);
+                self.credentials.with_label_values(&[kind.as_str(), state.as_str()]).set(counts[k][s]);
+            }
+            for (w, within) in ["7d", "30d"].iter().enumerate() {
+                self.credentials_expiring.with_label_values(&[kind.as_str(), within]).set(expiring[k][w]);
+            }
+            if soonest[k] == i64::MAX {
+                let _ = self.soonest_expiry.remove_label_values(&[kind.as_str()]);
+            } else {
+                self.soonest_expiry.with_label_values(&[kind.as_str()]).set(soonest[k] as f64);
             }
         }
     }
@@ -1014,6 +1075,37 @@ pub(crate) mod tests {
         assert!(text.contains(
             r#"portcullis_requests_total{credential="new-key",outcome="allowed",route="",status_class="2xx"} 1"#
         ));
+    }
+
+    #[test]
+    fn counts_expiring_credentials_and_the_soonest_expiry_by_kind() {
+        let (m, _) = base();
+        let text = m.render_at(NOW);
+        // acme-backend (active) expires in a day; old-key has expired; off-key is disabled.
+        assert_eq!(value(&text, r#"portcullis_credentials_expiring{kind="api_key",within="7d"}"#), Some(1.0), "{text}");
+        assert_eq!(value(&text, r#"portcullis_credentials_expiring{kind="api_key",within="30d"}"#), Some(1.0));
+        assert_eq!(value(&text, r#"portcullis_credentials_soonest_expiry_timestamp_seconds{kind="api_key"}"#), Some((NOW + 86_400) as f64));
+        assert_eq!(value(&text, r#"portcullis_credentials_expiring{kind="client",within="7d"}"#), Some(1.0));
+    }
+
+    #[test]
+    fn allows_per_credential_series_to_be_turned_off_and_keeps_the_counts() {
+        let mut snap = load_snapshot(&["GET /v1/vaults/{vault_id}/balances"], &[("reporting", NOW + 86_400)], &[entry("acme-backend", NOW + 86_400, false)]);
+        snap.settings.per_credential_metrics = Some(false);
+        let m = Metrics::new();
+        m.on_snapshot(&snap, NOW);
+        m.observe_request(&snap, &allowed("GET /v1/vaults/{vault_id}/balances", "acme-backend", CredentialKind::ApiKey));
+        m.token_issued(&snap, "reporting", NOW);
+        let text = m.render_at(NOW);
+        assert!(!text.contains("acme-backend") && !text.contains("reporting"), "no series names a credential: {text}");
+        assert!(!text.contains("portcullis_credential_expiry_timestamp_seconds{"), "{text}");
+        assert_eq!(
+            value(&text, r#"portcullis_requests_total{credential="",outcome="allowed",route="GET /v1/vaults/{vault_id}/balances",status_class="2xx"}"#),
+            Some(1.0)
+        );
+        assert_eq!(value(&text, r#"portcullis_tokens_issued_total{client=""}"#), Some(1.0));
+        assert_eq!(value(&text, r#"portcullis_credentials{kind="api_key",state="active"}"#), Some(1.0));
+        assert_eq!(value(&text, r#"portcullis_credentials_expiring{kind="api_key",within="30d"}"#), Some(1.0));
     }
 
     #[test]

@@ -614,6 +614,7 @@ fn exposes_every_family_with_labels_from_config_only() {
             "status_class" => ["1xx", "2xx", "3xx", "4xx", "5xx", "none"].contains(&value),
             "kind" => ["client", "api_key", "external", "none", "unavailable", "timeout"].contains(&value),
             "state" => ["active", "disabled", "expired", "user_missing"].contains(&value),
+            "within" => ["7d", "30d"].contains(&value),
             "result" => ["success", "failure"].contains(&value),
             "hash" => value == hash,
             "le" => value == "+Inf" || value.parse::<f64>().is_ok(),

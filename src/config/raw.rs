@@ -182,9 +182,23 @@ pub struct MainRaw {
     /// Where credentials live (SPEC §10): the file (default) or PostgreSQL.
     #[serde(default)]
     pub store: Option<StoreRaw>,
+    /// What `/metrics` exports.
+    #[serde(default)]
+    pub metrics: Option<MetricsRaw>,
     /// The routes a credential can reach; anything else is denied.
     #[serde(default)]
     pub routes: Vec<RouteRaw>,
+}
+
+/// `metrics:` — what `/metrics` exports.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsRaw {
+    /// Series per credential (expiry, last use, and the credential/client labels of the
+    /// request and token counters). Default: on up to 1,000 credentials, off above (the
+    /// counts by state and expiry keep alerting working without them).
+    #[serde(default)]
+    pub per_credential: Option<bool>,
 }
 
 /// `store:` — the credential store (SPEC §10).

@@ -62,6 +62,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// The proxy's worker threads (default one per CPU core).
     pub threads: usize,
+    /// `metrics.per_credential`; `None`: by the number of credentials.
+    pub per_credential_metrics: Option<bool>,
 }
 
 /// `store:` validated.

@@ -173,6 +173,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         management,
         store,
         threads,
+        metrics,
     } = raw;
     let mut ok = true;
     if listen.parse::<SocketAddr>().is_err() {
@@ -274,6 +275,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         management,
         store: store?,
         threads,
+        per_credential_metrics: metrics.as_ref().and_then(|m| m.per_credential),
         listen: listen.to_string(),
         admin_listen,
         upstream: upstream_addr?,

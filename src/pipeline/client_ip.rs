@@ -70,6 +70,7 @@ mod tests {
             management: None,
             store: Default::default(),
             threads: 1,
+            per_credential_metrics: None,
         }
     }
     fn ip(s: &str) -> IpAddr {

@@ -14,23 +14,7 @@ pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
 port=$((20000 + RANDOM % 20000))
-python3 - "$work" "$COUNT" "$port" <<'PY'
-import hashlib, sys
-work, count, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-with open(f"{work}/portcullis.yaml", "w") as f:
-    f.write(f'listen: "127.0.0.1:{port}"\nupstream: "127.0.0.1:9"\nadmin_listen: "127.0.0.1:{port+1}"\n'
-            'environment: production\ncredentials_file: credentials.yaml\nroutes:\n')
-    for i in range(10):
-        f.write(f'  - match: "GET /v1/r{i}/vaults/{{vault_id}}/balances"\n    require: "balances:read"\n')
-with open(f"{work}/credentials.yaml", "w") as f:
-    f.write("roles:\n  reporting: [\"transactions:read\", \"balances:read\"]\napi_keys:\n")
-    for i in range(count):
-        h = hashlib.sha256(f"mem-key-{i}".encode()).hexdigest()
-        f.write(f'  - name: key-{i}\n    key_hash: "sha256:{h}"\n    roles: [reporting]\n'
-                f'    permissions: ["balances:read@vault/v-{i % 1000}"]\n'
-                f'    allowed_ips: ["10.{i % 250}.0.0/16", "192.0.2.{i % 250}"]\n'
-                f'    expires: 2099-01-01\n    description: "generated key {i % 100000}"\n')
-PY
+python3 benches/generate.py "$work" "$COUNT" "$port" file
 size=$(du -h "$work/credentials.yaml" | cut -f1)
 start=$(date +%s.%N)
 target/release/portcullis check --config "$work/portcullis.yaml" >/dev/null

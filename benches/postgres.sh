@@ -33,25 +33,7 @@ as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$pgport" -U postgres -qc "CREATE DATABASE p
 psql_do() { as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$pgport" -U postgres -d portcullis -qAtc "$1"; }
 
 port=$((40000 + RANDOM % 10000))
-python3 - "$work" "$COUNT" "$port" "$pgport" <<'PY'
-import hashlib, sys
-work, count, port, pgport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-with open(f"{work}/portcullis.yaml", "w") as f:
-    f.write(f'listen: "127.0.0.1:{port}"\nupstream: "127.0.0.1:9"\nadmin_listen: "127.0.0.1:{port+1}"\n'
-            'environment: production\nstore:\n  kind: postgres\n  url_file: database-url\n  poll: 5\nroutes:\n')
-    for i in range(10):
-        f.write(f'  - match: "GET /v1/r{i}/vaults/{{vault_id}}/balances"\n    require: "balances:read"\n')
-with open(f"{work}/database-url", "w") as f:
-    f.write(f"postgres://postgres@127.0.0.1:{pgport}/portcullis\n")
-with open(f"{work}/credentials.yaml", "w") as f:
-    f.write("roles:\n  reporting: [\"transactions:read\", \"balances:read\"]\napi_keys:\n")
-    for i in range(count):
-        h = hashlib.sha256(f"mem-key-{i}".encode()).hexdigest()
-        f.write(f'  - name: key-{i}\n    key_hash: "sha256:{h}"\n    roles: [reporting]\n'
-                f'    permissions: ["balances:read@vault/v-{i % 1000}"]\n'
-                f'    allowed_ips: ["10.{i % 250}.0.0/16", "127.0.0.1"]\n'
-                f'    expires: 2099-01-01\n    description: "generated key {i % 100000}"\n')
-PY
+python3 benches/generate.py "$work" "$COUNT" "$port" postgres "$pgport"
 now() { date +%s.%N; }
 "$BIN" store migrate --config "$work/portcullis.yaml" >/dev/null
 t0=$(now); "$BIN" store import --config "$work/portcullis.yaml" "$work/credentials.yaml" >/dev/null; t1=$(now)

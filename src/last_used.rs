@@ -19,9 +19,8 @@
 //! who may read the names. It is state, not config: the reloader does not watch it, and
 //! a missing or damaged file only means "never used" for everyone (with one warning),
 //! never a failure to start.
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -246,7 +245,7 @@ impl LastUsed {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(false);
         }
-        match write_atomic(path, &self.render()) {
+        match crate::store::file::replace_file(path, &self.render()) {
             Ok(()) => Ok(true),
             Err(e) => {
                 self.dirty.store(true, Ordering::Release);
@@ -326,40 +325,6 @@ fn parse(text: &str) -> Result<(Vec<(String, i64)>, usize), String> {
     Ok((entries, skipped))
 }
 
-/// Replaces the file at `path` with `text`: a temp file beside it, fsynced, renamed over
-/// it, then the directory fsynced. The mode of the file it replaces is kept (new: 0644
-/// under the umask: it holds names and times, which the operator's CLI reads).
-fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
-    let dir = parent_dir(path);
-    let mode = fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o7777);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
-    }
-    // The rename is done; a directory that cannot be synced only risks this write.
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 /// The background service of [`LastUsed::service`].
 pub struct FlushService {
     table: Arc<LastUsed>,
@@ -390,6 +355,7 @@ impl BackgroundService for FlushService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     const T0: i64 = 1_750_000_000;
 

@@ -177,9 +177,17 @@ fn serve(path: PathBuf, log_format: portcullis::telemetry::LogFormat, otlp_endpo
     metrics.on_snapshot(&snap, config::unix_now());
     let admin_listen = snap.settings.admin_listen.clone();
     let shared: config::Shared = Arc::new(ArcSwap::from_pointee(snap));
-    let pg_store = match shared.load().settings.store.database_url() {
+    // SPEC §10: the database, when the credentials live in one.
+    let database = match shared.load().settings.store.database_url().transpose() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("portcullis: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let pg_store = match &database {
         None => None,
-        Some(url) => match url.and_then(|u| portcullis::store::postgres::PgStore::open(&u, shared.load().settings.environment)) {
+        Some(url) => match portcullis::store::postgres::PgStore::open(url, shared.load().settings.environment) {
             Ok(s) => Some(Arc::new(s)),
             Err(e) => {
                 eprintln!("portcullis: cannot start: the PostgreSQL store: {e}");
@@ -193,24 +201,16 @@ fn serve(path: PathBuf, log_format: portcullis::telemetry::LogFormat, otlp_endpo
         Some(_) => portcullis::last_used::LastUsed::open_none(),
     };
     // SPEC §10: with the PostgreSQL store, this replica follows the database.
-    let pg_sync = match shared.load().settings.store.clone() {
-        config::StoreSettings::Postgres { poll, .. } => {
-            let url = match shared.load().settings.store.database_url() {
-                Some(Ok(u)) => u,
-                Some(Err(e)) => {
-                    eprintln!("portcullis: cannot start: {e}");
-                    return ExitCode::from(2);
-                }
-                None => {
-                    eprintln!("portcullis: cannot start: the store names no database");
-                    return ExitCode::from(2);
-                }
-            };
-            let sync = portcullis::reload::postgres::PgSync::new(url, shared.clone(), poll, Default::default(), -1, Some(metrics.clone()));
+    let pg_sync = match (database, shared.load().settings.store.clone()) {
+        (Some(url), config::StoreSettings::Postgres { poll, .. }) => {
+            // From the rows the start's snapshot was built from: the first connection reads
+            // everything again only if the store moved since.
+            let (raw, generation) = portcullis::store::postgres::take_first_read().unwrap_or((Default::default(), -1));
+            let sync = portcullis::reload::postgres::PgSync::new(url, shared.clone(), poll, raw, generation, Some(metrics.clone()));
             portcullis::store::postgres::register_live(sync.clone());
             Some(sync)
         }
-        config::StoreSettings::File => None,
+        _ => None,
     };
     let (m, s) = (metrics.clone(), shared.clone());
     let reload = portcullis::reload::reload_service(path, shared.clone(), move |r: &portcullis::reload::ReloadResult| {

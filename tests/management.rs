@@ -97,16 +97,7 @@ fn wait_listening(addr: SocketAddr) {
 
 /// One API call: `auth` is a header (name, value); `body` JSON.
 fn call(addr: SocketAddr, method: &str, path: &str, auth: &[(&str, &str)], body: Option<Value>) -> Response {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let len = body.len().to_string();
-    let mut headers: Vec<(&str, &str)> = auth.to_vec();
-    if !body.is_empty() {
-        headers.push(("Content-Type", "application/json"));
-    }
-    headers.push(("Content-Length", &len));
-    let mut raw = request(method, path, &headers);
-    raw.extend_from_slice(body.as_bytes());
-    send_raw(addr, &raw)
+    send_json(addr, method, path, auth, body.as_ref())
 }
 
 impl Fx {

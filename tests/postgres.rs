@@ -148,15 +148,7 @@ fn metric(proxy: &Proxy, name: &str) -> Option<f64> {
 }
 
 fn api(mgmt: SocketAddr, key: &str, method: &str, path: &str, body: Option<Value>) -> Response {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let len = body.len().to_string();
-    let mut headers = vec![("x-api-key", key), ("Content-Length", len.as_str())];
-    if !body.is_empty() {
-        headers.push(("Content-Type", "application/json"));
-    }
-    let mut raw = request(method, path, &headers);
-    raw.extend_from_slice(body.as_bytes());
-    send_raw(mgmt, &raw)
+    send_json(mgmt, method, path, &[("x-api-key", key)], body.as_ref())
 }
 
 /// Waits up to `limit` for `f`; how long it took.
@@ -256,11 +248,8 @@ fn a_change_through_one_replica_is_in_force_on_another_within_a_second() {
     // Two administrators edit the same credential at once with the same If-Match: one wins.
     let etag = api(a_mgmt, &keys.admin, "GET", "/api/v1/credentials/new-key", None).header("etag").unwrap().to_string();
     let edit = |note: &str| {
-        let body = json!({"notes": note}).to_string();
-        let len = body.len().to_string();
-        let mut raw = request("PATCH", "/api/v1/credentials/new-key", &[("x-api-key", &keys.admin), ("If-Match", &etag), ("Content-Type", "application/json"), ("Content-Length", &len)]);
-        raw.extend_from_slice(body.as_bytes());
-        send_raw(a_mgmt, &raw).status
+        let headers = [("x-api-key", keys.admin.as_str()), ("If-Match", etag.as_str())];
+        send_json(a_mgmt, "PATCH", "/api/v1/credentials/new-key", &headers, Some(&json!({"notes": note}))).status
     };
     let (x, y) = std::thread::scope(|sc| {
         let x = sc.spawn(|| edit("first"));

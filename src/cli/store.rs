@@ -3,7 +3,7 @@
 //! as the loader's (a GitOps round trip: an import of an export is the same set).
 use std::path::PathBuf;
 
-use crate::config::{self, raw::MainRaw, Environment, StoreSettings};
+use crate::config::{self, raw::MainRaw};
 use crate::store::postgres::PgStore;
 
 #[derive(clap::Args, Debug)]
@@ -30,22 +30,16 @@ pub enum Cmd {
 fn open(path: &std::path::Path) -> Result<PgStore, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let raw: MainRaw = config::parse(path, &text).map_err(|e| e.to_string())?;
-    let env = match raw.environment.as_deref().map(String::as_str) {
-        Some("production") => Environment::Production,
-        _ => Environment::Sandbox,
-    };
     let mut sink = config::validate::Sink::new(path);
     let mut files = config::gather::Gather::new();
     let settings = config::validate::settings(&raw, &config::parent_dir(path), &mut sink, &mut files);
     if !sink.errors.is_empty() {
         return Err(config::ConfigErrors(sink.errors).to_string());
     }
-    match settings.map(|s| s.store) {
-        Some(StoreSettings::Postgres { url_env, url_file, .. }) => {
-            let url = crate::store::postgres::database_url(url_env.as_deref(), url_file.as_deref())?;
-            PgStore::open(&url, env)
-        }
-        _ => Err(format!("{}: its store is the credentials file; `store` commands are for store: {{kind: postgres}}", path.display())),
+    let settings = settings.ok_or_else(|| format!("{}: not a valid config", path.display()))?;
+    match settings.store.database_url() {
+        Some(url) => PgStore::open(&url?, settings.environment),
+        None => Err(format!("{}: its store is the credentials file; `store` commands are for store: {{kind: postgres}}", path.display())),
     }
 }
 

@@ -293,7 +293,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
 
 /// Validates `store:` (SPEC §10): `file`, or `postgres` with the URL from `url_env` or
 /// `url_file` (never in the config) and no `credentials_file`.
-fn store_settings(s: Option<&StoreRaw>, has_credentials_file: bool, base: &Path, sink: &mut Sink<'_>) -> Option<StoreSettings> {
+pub fn store_settings(s: Option<&StoreRaw>, has_credentials_file: bool, base: &Path, sink: &mut Sink<'_>) -> Option<StoreSettings> {
     let Some(s) = s else { return Some(StoreSettings::File) };
     let StoreRaw { kind, url_env, url_file, poll } = s;
     match kind.as_str() {

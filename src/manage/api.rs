@@ -383,7 +383,7 @@ fn read(m: &Manager, snap: &Snapshot) -> Result<(Arc<dyn Store + Send + Sync>, V
 
 /// The entity tag of one entry: a hash of its content as the file would hold it.
 fn etag_of(e: &EntryRaw<'_>) -> String {
-    let entry = crate::store::postgres::entry_value(&crate::store::postgres::entry_row(e));
+    let entry = crate::store::row::entry_value(&crate::store::row::entry_row(e));
     let h = Sha256::digest(serde_json::to_vec(&entry).unwrap_or_default());
     format!("\"{}\"", hex::encode(&h[..12]))
 }

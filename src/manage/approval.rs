@@ -132,20 +132,9 @@ impl Queue {
             return db.save_requests(rows);
         }
         let Some(path) = &self.path else { return Ok(()) };
-        let body = serde_json::to_vec_pretty(&QueueFile { version: 1, requests: inner.requests.clone() })
+        let body = serde_json::to_string_pretty(&QueueFile { version: 1, requests: inner.requests.clone() })
             .map_err(|e| e.to_string())?;
-        let tmp = path.with_extension(format!("{:08x}.tmp", rand::rngs::OsRng.next_u32()));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("cannot write {}: {e}", path.display())
-        })
+        crate::store::file::replace_file(path, &body).map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
     /// Marks pending requests past their expiry as expired; forgets secrets not picked up.

@@ -21,7 +21,8 @@ use tokio_postgres::{AsyncMessage, Client};
 use crate::config::raw::CredentialsRaw;
 use crate::config::validate::parse_sha256;
 use crate::config::{CredentialStore, Environment, Shared, Snapshot};
-use crate::store::postgres::{self as pg, CredRow};
+use crate::store::postgres as pg;
+use crate::store::row::{self, CredRow};
 use crate::store::Kind;
 
 /// More notifications than this in one batch: read everything instead.
@@ -135,7 +136,7 @@ impl PgSync {
         for name in names {
             let new = pg::read_one(c, name).await?;
             let mut raw = self.raw();
-            let old = pg::row_in(&raw, name);
+            let old = row::row_in(&raw, name);
             let one = match &new {
                 Some(row) => match pg::validate_row(&raw, row, self.env, now) {
                     Ok(s) => Some(s),
@@ -339,7 +340,7 @@ fn set_row(raw: &mut CredentialsRaw, name: &str, row: Option<&CredRow>) {
     raw.clients.retain(|c| *c.id != name);
     raw.api_keys.retain(|k| *k.name != name);
     if let Some(r) = row {
-        pg::push_row(raw, r);
+        row::push_row(raw, r);
     }
 }
 

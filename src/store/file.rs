@@ -4,7 +4,7 @@
 //! mode kept, after the loader's own validation, and only in place of exactly the version
 //! that was read: a write whose version is stale is refused.
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -233,6 +233,43 @@ pub fn settle(value: &Value, text: Option<String>) -> Result<(String, bool), Str
     let t = serde_saphyr::to_string(value).map_err(|e| format!("cannot render the file: {e}"))?;
     Ok((t, false))
 }
+
+/// Replaces the sidecar's own state file at `path` (last-use times, the approval queue)
+/// with `text`: a temp file beside it, fsynced, renamed over it, then the directory
+/// fsynced. The mode of the file it replaces is kept (new: 0644 under the umask: it holds
+/// names and times, which the operator's CLI reads). Unlike a credentials write there is
+/// no lock or version: one writer, this process, under its own lock.
+pub fn replace_file(path: &Path, text: &str) -> io::Result<()> {
+    let dir = parent_dir(path);
+    let mode = fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+    }
+    // The rename is done; a directory that cannot be synced only risks this write.
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@ pub mod edit;
 pub mod file;
 pub mod kind;
 pub mod postgres;
+pub mod row;
 pub mod secret;
 pub mod span;
 pub mod yaml;

@@ -15,13 +15,14 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_postgres::{Client, Row};
 
-use super::change::{locate, Change, NewEntry};
+use super::change::{Change, NewEntry};
+use super::row::{entry_row, file_value, placed, previous_json, push_owned, push_row, CredRow};
 use super::file::{Applied, Version};
 use super::{Kind, Store, StoreError};
-use crate::config::raw::{ApiKeyRaw, At, ClientRaw, CredentialsRaw, PreviousHashRaw, UserRaw};
+use crate::config::raw::{At, CredentialsRaw, UserRaw};
 use crate::config::validate::parse_expires;
 use crate::config::{self, ConfigErrors, Environment};
 
@@ -258,25 +259,6 @@ impl PgStore {
 // ---------------------------------------------------------------------------------
 // Rows.
 
-/// One credential as a row.
-#[derive(Debug, Clone)]
-pub struct CredRow {
-    pub name: String,
-    pub kind: Kind,
-    pub hash: String,
-    pub previous: Vec<(String, String)>,
-    pub user: Option<String>,
-    pub roles: Vec<String>,
-    pub permissions: Vec<String>,
-    pub allowed_ips: Option<Vec<String>>,
-    pub expires: String,
-    pub disabled: bool,
-    pub description: Option<String>,
-    pub notes: Option<String>,
-    pub created_at: Option<String>,
-    pub created_by: Option<String>,
-}
-
 struct Rows {
     roles: Vec<(String, Vec<String>)>,
     users: Vec<(String, Vec<String>, Vec<String>)>,
@@ -285,10 +267,6 @@ struct Rows {
 
 const COLUMNS: &str = "name, kind, hash, previous, user_name, roles, permissions, allowed_ips, expires, disabled, description, notes, created_at, created_by";
 const INSERT: &str = "INSERT INTO portcullis_credentials (name, kind, hash, previous, user_name, roles, permissions, allowed_ips, expires, disabled, description, notes, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
-
-fn previous_json(p: &[(String, String)]) -> Value {
-    Value::Array(p.iter().map(|(h, u)| json!({"hash": h, "until": u})).collect())
-}
 
 async fn insert_row(t: &tokio_postgres::Transaction<'_>, stmt: &tokio_postgres::Statement, r: &CredRow) -> Result<(), String> {
     t.execute(
@@ -378,82 +356,6 @@ fn row_of(r: &Row) -> CredRow {
     }
 }
 
-fn placed(list: &[String]) -> Vec<At<String>> {
-    list.iter().map(|s| At::new(s.clone())).collect()
-}
-
-/// Adds `r` to `raw` as the file would hold it.
-pub fn push_row(raw: &mut CredentialsRaw, r: &CredRow) {
-    push_owned(raw, r.clone());
-}
-
-fn owned(list: Vec<String>) -> Vec<At<String>> {
-    list.into_iter().map(At::new).collect()
-}
-
-/// Adds `r` to `raw`, moving its strings (the bulk read: no copy per field).
-pub fn push_owned(raw: &mut CredentialsRaw, r: CredRow) {
-    let previous: Vec<PreviousHashRaw> = r.previous.into_iter().map(|(h, u)| PreviousHashRaw { hash: At::new(h), until: At::new(u) }).collect();
-    let allowed_ips = r.allowed_ips.map(|l| At::new(owned(l)));
-    let (roles, permissions, expires, description) = (owned(r.roles), owned(r.permissions), At::new(r.expires), r.description.map(At::new));
-    match r.kind {
-        Kind::Client => raw.clients.push(ClientRaw {
-            id: At::new(r.name),
-            secret_hash: At::new(r.hash),
-            previous_secret_hashes: previous,
-            roles,
-            permissions,
-            allowed_ips,
-            expires,
-            disabled: r.disabled,
-            description,
-            notes: r.notes,
-            created_at: r.created_at,
-            created_by: r.created_by,
-        }),
-        Kind::ApiKey => raw.api_keys.push(ApiKeyRaw {
-            name: At::new(r.name),
-            key_hash: At::new(r.hash),
-            previous_key_hashes: previous,
-            user: r.user,
-            roles,
-            permissions,
-            allowed_ips,
-            expires,
-            disabled: r.disabled,
-            description,
-            notes: r.notes,
-            created_at: r.created_at,
-            created_by: r.created_by,
-        }),
-    }
-}
-
-/// The row of credential `name` in `raw` (a linear search: for one name).
-pub fn row_in(raw: &CredentialsRaw, name: &str) -> Option<CredRow> {
-    raw.entries().find(|e| *e.name == name).map(|e| entry_row(&e))
-}
-
-/// One entry of the file as a row.
-pub fn entry_row(e: &crate::config::raw::EntryRaw<'_>) -> CredRow {
-    CredRow {
-        name: e.name.to_string(),
-        kind: e.kind,
-        hash: e.hash.to_string(),
-        previous: e.previous.iter().map(|p| (p.hash.to_string(), p.until.to_string())).collect(),
-        user: e.user.map(str::to_string),
-        roles: crate::config::raw::strings(e.roles),
-        permissions: crate::config::raw::strings(e.permissions),
-        allowed_ips: e.allowed_ips.as_ref().map(|l| crate::config::raw::strings(l)),
-        expires: e.expires.to_string(),
-        disabled: e.disabled,
-        description: e.description.as_deref().cloned(),
-        notes: e.notes.map(str::to_string),
-        created_at: e.created_at.map(str::to_string),
-        created_by: e.created_by.map(str::to_string),
-    }
-}
-
 fn rows_of(raw: &CredentialsRaw) -> Rows {
     Rows {
         roles: raw.roles.iter().map(|(n, p)| (n.clone(), crate::config::raw::strings(p))).collect(),
@@ -464,72 +366,6 @@ fn rows_of(raw: &CredentialsRaw) -> Rows {
             .collect(),
         credentials: raw.entries().map(|e| entry_row(&e)).collect(),
     }
-}
-
-/// The credentials file's document for `raw` (what `store export` prints).
-pub fn file_value(raw: &CredentialsRaw) -> Value {
-    let s = crate::config::raw::strings;
-    let mut doc = serde_json::Map::new();
-    if !raw.roles.is_empty() {
-        doc.insert("roles".into(), Value::Object(raw.roles.iter().map(|(n, p)| (n.clone(), json!(s(p)))).collect()));
-    }
-    if !raw.users.is_empty() {
-        let users: Vec<Value> = raw
-            .users
-            .iter()
-            .map(|u| {
-                let mut m = serde_json::Map::new();
-                m.insert("name".into(), json!(u.name.as_str()));
-                if !u.roles.is_empty() {
-                    m.insert("roles".into(), json!(s(&u.roles)));
-                }
-                if !u.permissions.is_empty() {
-                    m.insert("permissions".into(), json!(s(&u.permissions)));
-                }
-                Value::Object(m)
-            })
-            .collect();
-        doc.insert("users".into(), Value::Array(users));
-    }
-    for kind in [Kind::Client, Kind::ApiKey] {
-        let list: Vec<Value> = raw.entries().filter(|e| e.kind == kind).map(|e| entry_value(&entry_row(&e))).collect();
-        if !list.is_empty() {
-            doc.insert(kind.section().into(), Value::Array(list));
-        }
-    }
-    Value::Object(doc)
-}
-
-/// One credential as the file holds it (its document value).
-pub fn entry_value(r: &CredRow) -> Value {
-    let mut m = serde_json::Map::new();
-    m.insert(r.kind.name_key().into(), json!(r.name));
-    m.insert(r.kind.hash_key().into(), json!(r.hash));
-    if !r.previous.is_empty() {
-        m.insert(r.kind.previous_key().into(), previous_json(&r.previous));
-    }
-    if let Some(u) = &r.user {
-        m.insert("user".into(), json!(u));
-    }
-    if !r.roles.is_empty() {
-        m.insert("roles".into(), json!(r.roles));
-    }
-    if !r.permissions.is_empty() {
-        m.insert("permissions".into(), json!(r.permissions));
-    }
-    if let Some(ips) = &r.allowed_ips {
-        m.insert("allowed_ips".into(), json!(ips));
-    }
-    m.insert("expires".into(), json!(r.expires));
-    if r.disabled {
-        m.insert("disabled".into(), json!(true));
-    }
-    for (k, v) in [("description", &r.description), ("notes", &r.notes), ("created_at", &r.created_at), ("created_by", &r.created_by)] {
-        if let Some(v) = v {
-            m.insert(k.into(), json!(v));
-        }
-    }
-    Value::Object(m)
 }
 
 async fn generation(c: &Client) -> Result<i64, String> {
@@ -733,11 +569,6 @@ impl Store for PgStore {
     }
 }
 
-/// Where `name` is in `raw`, as the file store's [`locate`].
-pub fn find(raw: &CredentialsRaw, name: &str) -> Option<(Kind, usize)> {
-    locate(raw, name)
-}
-
 // ---------------------------------------------------------------------------------
 // The loader's side.
 
@@ -775,7 +606,17 @@ pub fn credentials_for_load(
     let store = PgStore::open(&url, env).map_err(|e| load_error(format!("the PostgreSQL store: {e}")))?;
     let (raw, generation) = store.load_raw().map_err(|e| load_error(format!("the PostgreSQL store: {e}")))?;
     let (creds, warnings) = config::credentials_from_raw(std::path::Path::new("the PostgreSQL store"), &raw, env, now)?;
+    *FIRST_READ.lock().unwrap_or_else(|p| p.into_inner()) = Some((raw, generation));
     Ok((creds, warnings, generation))
+}
+
+/// The rows the last load read from the database (before a live set was registered).
+static FIRST_READ: std::sync::Mutex<Option<(CredentialsRaw, i64)>> = std::sync::Mutex::new(None);
+
+/// The rows and generation the snapshot of `serve`'s start was built from, for the
+/// replica's sync to start from (rather than read and validate everything again).
+pub fn take_first_read() -> Option<(CredentialsRaw, i64)> {
+    FIRST_READ.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 /// Validates one credential row as the loader does (with `roles_users`' roles and users).

@@ -349,6 +349,21 @@ pub fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> Vec<u8> 
     s.into_bytes()
 }
 
+/// Sends `method path` with `headers` and, when given, a JSON body (its `Content-Type`
+/// and `Content-Length` set), and reads the response: a call of the management API.
+pub fn send_json(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&serde_json::Value>) -> Response {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let len = body.len().to_string();
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if !body.is_empty() {
+        all.push(("Content-Type", "application/json"));
+    }
+    all.push(("Content-Length", &len));
+    let mut raw = request(method, path, &all);
+    raw.extend_from_slice(body.as_bytes());
+    send_raw(addr, &raw)
+}
+
 pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> Response {
     try_send_raw(None, addr, raw).unwrap_or_else(|e| {
         panic!(

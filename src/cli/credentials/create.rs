@@ -128,15 +128,7 @@ pub(super) fn create(loc: &Location, c: &CreateArgs, now: i64, out: &mut dyn Wri
         s,
         "Only its hash is kept. A running sidecar accepts it within a second (hot reload)."
     );
-    let _ = writeln!(
-        s,
-        "\n{}:\n  {curl}",
-        if kind == Kind::Client {
-            "Get a token"
-        } else {
-            "Try it"
-        }
-    );
+    s.push_str(&try_it(kind, &curl));
     if kind == Kind::Client
         && loc
             .main
@@ -169,6 +161,11 @@ pub(super) fn allow_ips(given: &[String], env: Environment) -> Res<Vec<String>> 
         }
     }
     Ok(ips)
+}
+
+/// The ready-to-run line after a new secret: how to get a token, or how to try the key.
+pub(super) fn try_it(kind: Kind, curl: &str) -> String {
+    format!("\n{}:\n  {curl}\n", if kind == Kind::Client { "Get a token" } else { "Try it" })
 }
 
 pub(super) fn curl_line(

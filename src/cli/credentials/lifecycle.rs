@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 
 use serde_json::json;
 
-use super::create::{allow_ips, curl_line};
+use super::create::{allow_ips, curl_line, try_it};
 use crate::store::EntryEdit;
 use super::*;
 
@@ -204,14 +204,6 @@ pub(super) fn rotate(
     if kind == Kind::Client {
         let _ = writeln!(s, "Tokens already issued keep working until they expire.");
     }
-    let _ = writeln!(
-        s,
-        "\n{}:\n  {curl}",
-        if kind == Kind::Client {
-            "Get a token"
-        } else {
-            "Try it"
-        }
-    );
+    s.push_str(&try_it(kind, &curl));
     emit(out, &s)
 }

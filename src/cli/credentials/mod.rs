@@ -416,13 +416,9 @@ fn main_config(path: &Path) -> Res<(PathBuf, Environment, Option<MainInfo>, Opti
         revoke_on_disable: tokens.and_then(|t| t.revoke_on_disable).unwrap_or(false),
         routes,
     };
-    let database = match &raw.store {
-        Some(st) if st.kind.as_str() == "postgres" => Some(crate::store::postgres::database_url(
-            st.url_env.as_deref().map(String::as_str),
-            st.url_file.as_ref().map(|f| base.join(f.as_str())).as_deref(),
-        )),
-        _ => None,
-    };
+    let store = validate::store_settings(raw.store.as_ref(), raw.credentials_file.is_some(), &base, &mut sink)
+        .ok_or_else(|| config::ConfigErrors(std::mem::take(&mut sink.errors)).to_string())?;
+    let database = store.database_url();
     Ok((cred, env, Some(info), database))
 }
 

@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# Load harness: ./benches/load.sh [seconds=10] [connections=32] [rounds=3]
+# Load harness: ./benches/load.sh [seconds=10] [connections=64] [rounds=3]
+#
+# Environment: LOAD_PROXY_THREADS (default 1): worker threads of both proxies, the plain one
+# and portcullis (`threads:`), so that they are compared at the same thread count;
+# LOAD_WRK_THREADS (default 2); LOAD_BASE_PORT (default 18000); LOAD_AUDIT=off turns the
+# audit log off (RUST_LOG=warn) to measure what it costs.
 #
 # On this machine, over loopback only, in one run: a fast upstream
 # (examples/fast_upstream.rs), then wrk against
@@ -14,7 +19,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
-CONNS=${2:-32}
+CONNS=${2:-64}
+PTHREADS=${LOAD_PROXY_THREADS:-1}
+WTHREADS=${LOAD_WRK_THREADS:-2}
 ROUNDS=${3:-3}
 BASE=${LOAD_BASE_PORT:-18000}
 UP=127.0.0.1:$BASE PLAIN=127.0.0.1:$((BASE+1)) PC=127.0.0.1:$((BASE+2)) ADMIN=127.0.0.1:$((BASE+3))
@@ -37,6 +44,7 @@ listen: "$PC"
 upstream: "$UP"
 admin_listen: "$ADMIN"
 environment: production
+threads: $PTHREADS
 credentials_file: credentials.yaml
 tokens:
   issuer: "https://load.test"
@@ -62,8 +70,12 @@ api_keys:
 YAML
 
 target/release/examples/fast_upstream "$UP" 2>/dev/null & pids+=($!)
-target/release/examples/plain_proxy "$PLAIN" "$UP" >/dev/null 2>&1 & pids+=($!)
-target/release/portcullis serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
+target/release/examples/plain_proxy "$PLAIN" "$UP" "$PTHREADS" >/dev/null 2>&1 & pids+=($!)
+if [ "${LOAD_AUDIT:-on}" = off ]; then
+  RUST_LOG=warn target/release/portcullis serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
+else
+  target/release/portcullis serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
+fi
 for a in "$UP" "$PLAIN" "$PC"; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://$a/" && break; sleep 0.1; done
 done
@@ -79,7 +91,7 @@ done
 to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v+0} else {sub(/s$/,"",v); print v*1000} }'; }
 run() { # name url [header]
   local name=$1 url=$2 out
-  if [ $# -ge 3 ]; then out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "$3" "$url"); else out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$url"); fi
+  if [ $# -ge 3 ]; then out=$(wrk -t"$WTHREADS" -c"$CONNS" -d"${SECS}s" --latency -H "$3" "$url"); else out=$(wrk -t"$WTHREADS" -c"$CONNS" -d"${SECS}s" --latency "$url"); fi
   local rps p50 p99 non2xx
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
@@ -87,7 +99,7 @@ run() { # name url [header]
   non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
   echo "$name $rps $p50 $p99 ${non2xx:-0}"
 }
-echo "wrk -t1 -c$CONNS -d${SECS}s, loopback, $(nproc) cores, $ROUNDS rounds (median), $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "wrk -t$WTHREADS -c$CONNS -d${SECS}s, proxy threads $PTHREADS, audit ${LOAD_AUDIT:-on}, loopback, $(nproc) cores, $ROUNDS rounds (median), $(date -u +%Y-%m-%dT%H:%MZ)"
 results=()
 results+=("$(run upstream "http://$UP$path")")
 for _ in $(seq 1 "$ROUNDS"); do

@@ -1,4 +1,4 @@
-// Run: cargo run --release --example plain_proxy -- 127.0.0.1:18001 127.0.0.1:18000
+// Run: cargo run --release --example plain_proxy -- 127.0.0.1:18001 127.0.0.1:18000 [threads]
 //
 // The ceiling for benches/load.sh: a plain pingora HTTP proxy with no checks at all,
 // forwarding every request to one upstream, built with the same pingora, features and
@@ -40,8 +40,13 @@ fn main() {
         .unwrap_or_else(|| "127.0.0.1:18000".into())
         .parse()
         .expect("upstream must be addr:port");
+    // Worker threads: as given (benches/load.sh gives portcullis's), else one per core.
+    let threads = args
+        .next()
+        .map(|t| t.parse().expect("threads must be a number"))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let conf = ServerConf {
-        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        threads,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()

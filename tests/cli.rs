@@ -312,7 +312,7 @@ fn create_client_stores_an_argon2_hash_that_verifies_the_printed_secret() {
     let snap = fx.load(now());
     let client = snap.credentials.clients.get("payments").expect("client loaded");
     let stored = client.secret.as_ref().expect("secret hash");
-    assert!(matches!(stored, SecretHash::Argon2(_)));
+    assert!(matches!(**stored, SecretHash::Argon2(_)));
     assert!(verify_secret(stored, &secret), "the printed secret verifies");
     assert!(!verify_secret(stored, "pcs_live_wrong"));
     let grants: Vec<&str> = client.grants.iter().map(|g| g.as_str()).collect();
@@ -625,7 +625,7 @@ fn edit_replaces_only_the_fields_given_and_keeps_name_expiry_and_comments() {
     assert!(grants.contains(&"balances:read@vault/v-2") && grants.contains(&"transactions:read"), "{grants:?}");
     assert!(!grants.contains(&"balances:read@vault/v-1"), "the old list is replaced: {grants:?}");
     assert_eq!(c.notes.as_deref(), Some("moved to v-2"));
-    assert_eq!(c.expires_text, "2099-12-31");
+    assert_eq!(&*c.expires_text, "2099-12-31");
 
     // Back to any address, roles cleared.
     fx.cli(&["edit", "vault-reader", "--all-ips", "--clear-roles"]).ok("edit again");

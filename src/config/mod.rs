@@ -191,6 +191,20 @@ pub fn credentials_from_raw(
     }
 }
 
+/// Hands the heap's free pages back to the system (glibc's `malloc_trim`): call after a
+/// load. Parsing a large credentials file allocates and frees hundreds of MB in small
+/// pieces between the long-lived snapshot's; glibc keeps those pages resident, so a
+/// 100,000-credential sidecar would otherwise hold ~300 MB for a ~40 MB snapshot.
+#[allow(unsafe_code)]
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it walks and trims glibc's own free lists,
+    // under each arena's lock.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Now, as unix seconds.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()

@@ -175,6 +175,11 @@ pub enum SecretHash {
 }
 
 /// One client or API key, with its effective permissions computed at load.
+///
+/// Compact, because a store holds 100,000 of them in every pod: the lists that many
+/// credentials share (role names, effective grants, allowlists, expiry texts, users)
+/// are one allocation per distinct value for the whole snapshot ([`Interner`]), and a
+/// request's [`Identity`](crate::pipeline::Identity) takes them by reference count.
 #[derive(Debug, Clone)]
 pub struct Credential {
     pub id: Arc<str>,
@@ -183,20 +188,68 @@ pub struct Credential {
     pub user: Option<Arc<str>>,
     /// The linked user does not exist: the key is rejected (fail closed).
     pub user_missing: bool,
-    pub roles: Vec<String>,
+    pub disabled: bool,
+    pub roles: Arc<[Arc<str>]>,
     /// Union of roles', own and (for user-linked keys) the user's permissions.
     pub grants: Arc<[Permission]>,
     /// `None` = any address.
-    pub allowed_ips: Option<Vec<IpNet>>,
+    pub allowed_ips: Option<Arc<[IpNet]>>,
     /// Unix seconds; valid while `now < expires_at`.
     pub expires_at: i64,
     /// As written in config.
-    pub expires_text: String,
-    pub disabled: bool,
-    pub description: Option<String>,
-    pub notes: Option<String>,
+    pub expires_text: Arc<str>,
+    pub description: Option<Box<str>>,
+    pub notes: Option<Box<str>>,
     /// Clients only.
-    pub secret: Option<SecretHash>,
+    pub secret: Option<Box<SecretHash>>,
+}
+
+/// One shared allocation per distinct value while a store is built (see [`Credential`]).
+#[derive(Default)]
+pub struct Interner {
+    strs: HashMap<Box<str>, Arc<str>>,
+    roles: HashMap<Vec<Arc<str>>, Arc<[Arc<str>]>>,
+    grants: HashMap<Vec<Permission>, Arc<[Permission]>>,
+    nets: HashMap<Vec<IpNet>, Arc<[IpNet]>>,
+}
+
+impl Interner {
+    pub fn str(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strs.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.strs.insert(Box::from(s), a.clone());
+        a
+    }
+
+    pub fn roles<'a>(&mut self, names: impl Iterator<Item = &'a str>) -> Arc<[Arc<str>]> {
+        let list: Vec<Arc<str>> = names.map(|n| self.str(n)).collect();
+        if let Some(a) = self.roles.get(&list) {
+            return a.clone();
+        }
+        let a: Arc<[Arc<str>]> = Arc::from(list.as_slice());
+        self.roles.insert(list, a.clone());
+        a
+    }
+
+    pub fn grants(&mut self, list: Vec<Permission>) -> Arc<[Permission]> {
+        if let Some(a) = self.grants.get(&list) {
+            return a.clone();
+        }
+        let a: Arc<[Permission]> = Arc::from(list.as_slice());
+        self.grants.insert(list, a.clone());
+        a
+    }
+
+    pub fn nets(&mut self, list: Vec<IpNet>) -> Arc<[IpNet]> {
+        if let Some(a) = self.nets.get(&list) {
+            return a.clone();
+        }
+        let a: Arc<[IpNet]> = Arc::from(list.as_slice());
+        self.nets.insert(list, a.clone());
+        a
+    }
 }
 
 impl Credential {
@@ -252,7 +305,7 @@ impl CredentialStore {
             }
             CredentialKind::Client | CredentialKind::External => {
                 let mut c = (**cred).clone();
-                c.secret = Some(SecretHash::Sha256(probe));
+                c.secret = Some(Box::new(SecretHash::Sha256(probe)));
                 self.clients.insert(c.id.clone(), Arc::new(c));
             }
         }

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use super::error::ConfigError;
 use super::gather::Gather;
-use super::raw::{strings, At, CredentialsRaw, EntryRaw, ExternalIssuerRaw, MainRaw, ManagementRaw, Place, RouteRaw, StoreRaw, TokensRaw, UserRaw};
+use super::raw::{At, CredentialsRaw, EntryRaw, ExternalIssuerRaw, MainRaw, ManagementRaw, Place, RouteRaw, StoreRaw, TokensRaw, UserRaw};
 use crate::store::Kind;
 use super::snapshot::*;
 use crate::permission::{builtin_role, Permission, Requirement};
@@ -699,14 +699,14 @@ fn role_grants(
 
 /// The grants without repeats, first one kept. A credential holds a handful: a scan
 /// beats a hash set that allocates a string per permission.
-fn dedup(v: Vec<Permission>) -> Arc<[Permission]> {
+fn dedup(v: Vec<Permission>) -> Vec<Permission> {
     let mut out: Vec<Permission> = Vec::with_capacity(v.len());
     for p in v {
         if !out.iter().any(|q| q.as_str() == p.as_str()) {
             out.push(p);
         }
     }
-    Arc::from(out)
+    out
 }
 
 /// Parses an `allowed_ips` list (a credential's or an external issuer's): at most
@@ -740,20 +740,20 @@ struct CommonOut {
 /// description.
 fn common(
     c: &EntryRaw<'_>,
+    who: &str,
     env: Environment,
     custom: &HashMap<String, Vec<Permission>>,
     now: i64,
     sink: &mut Sink<'_>,
     warnings: &mut Vec<String>,
 ) -> CommonOut {
-    let who = format!("{} {:?}", c.kind.label(), c.name.as_str());
     let line = c.name.place();
     if !valid_name(c.name) {
         sink.err(line, format!("{who}: name must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}"));
     }
-    let mut grants = role_grants(c.roles, custom, &who, sink);
-    grants.extend(permissions(c.permissions, &who, sink));
-    let allowed_ips = c.allowed_ips.as_ref().map(|list| allowed_ip_list(list, &who, sink));
+    let mut grants = role_grants(c.roles, custom, who, sink);
+    grants.extend(permissions(c.permissions, who, sink));
+    let allowed_ips = c.allowed_ips.as_ref().map(|list| allowed_ip_list(list, who, sink));
     let allow_all = match &allowed_ips {
         None => true,
         Some(n) => n.iter().any(|n| n.prefix_len() == 0),
@@ -828,15 +828,18 @@ pub fn credentials(
         ..Default::default()
     };
     // A second credential of a name is refused where it stands.
-    let mut names: HashSet<&str> = HashSet::new();
+    let mut names: HashSet<&str> = HashSet::with_capacity(raw.clients.len() + raw.api_keys.len());
+    store.by_key_hash.reserve(raw.api_keys.len());
+    store.all.reserve(raw.clients.len() + raw.api_keys.len());
+    let mut shared = crate::config::Interner::default();
     for e in raw.entries() {
         let name = e.name.as_str();
         if !names.insert(name) {
             sink.err(e.name.place(), format!("name {name:?} is used by more than one credential"));
         }
-        let out = common(&e, env, &custom, now, sink, warnings);
-        let mut grants = out.grants;
         let who = format!("{} {name:?}", e.kind.label());
+        let out = common(&e, &who, env, &custom, now, sink, warnings);
+        let mut grants = out.grants;
         let mut user_missing = false;
         if let Some(u) = e.user {
             match users_map.get(u) {
@@ -865,17 +868,17 @@ pub fn credentials(
         let cred = Arc::new(Credential {
             id: Arc::from(name),
             kind,
-            user: e.user.map(Arc::from),
+            user: e.user.map(|u| shared.str(u)),
             user_missing,
-            roles: strings(e.roles),
-            grants: dedup(grants),
-            allowed_ips: out.allowed_ips,
-            expires_at: out.expires_at,
-            expires_text: e.expires.to_string(),
             disabled: e.disabled,
-            description: e.description.as_deref().cloned(),
-            notes: e.notes.map(str::to_string),
-            secret,
+            roles: shared.roles(e.roles.iter().map(|r| r.as_str())),
+            grants: shared.grants(dedup(grants)),
+            allowed_ips: out.allowed_ips.map(|n| shared.nets(n)),
+            expires_at: out.expires_at,
+            expires_text: shared.str(e.expires),
+            description: e.description.as_ref().map(|d| Box::from(d.as_str())),
+            notes: e.notes.map(Box::from),
+            secret: secret.map(Box::new),
         });
         let prev = e.kind.previous_key();
         match key_hash {

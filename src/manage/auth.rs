@@ -168,7 +168,7 @@ pub fn file_identity(snap: &Snapshot, name: &str, now: i64) -> Result<Identity, 
         kind: c.kind,
         user: c.user.clone(),
         grants: c.grants.clone(),
-        allowed_ips: c.allowed_ips.as_ref().map(|l| Arc::from(l.as_slice())),
+        allowed_ips: c.allowed_ips.clone(),
     })
 }
 

@@ -74,6 +74,6 @@ pub fn api_key(snap: &Snapshot, key: &str, now: i64) -> Result<Identity, Rejecti
         kind: CredentialKind::ApiKey,
         user: cred.user.clone(),
         grants: cred.grants.clone(),
-        allowed_ips: cred.allowed_ips.as_ref().map(|v| Arc::from(v.as_slice())),
+        allowed_ips: cred.allowed_ips.clone(),
     })
 }

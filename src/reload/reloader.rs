@@ -31,6 +31,8 @@ pub struct Reloader {
 struct State {
     /// Fingerprint of the files as the last attempt found them; `None` before the first.
     fingerprint: Option<[u8; 32]>,
+    /// The first check has compared the files with the snapshot the server started on.
+    seeded: bool,
     /// Files named by the last failed attempt's errors that the running snapshot does
     /// not use (a new credentials file that is missing or broken): watched too, so that
     /// fixing them is seen.
@@ -74,13 +76,37 @@ impl Reloader {
         if state.fingerprint == Some(fingerprint) {
             return None;
         }
+        if !std::mem::replace(&mut state.seeded, true) && state.fingerprint.is_none() && self.snapshot_is_on_disk() {
+            // The first check after start, and the files hold what the running snapshot was
+            // built from: nothing to load (a second full load of a large store at start
+            // doubled the sidecar's memory for seconds). Read after the fingerprint, so a
+            // write between the two makes this comparison fail and the files load.
+            state.fingerprint = Some(fingerprint);
+            let result = ReloadResult::Unchanged;
+            (self.observer)(&result);
+            return Some(result);
+        }
         Some(self.attempt(&mut state, trigger, fingerprint))
+    }
+
+    /// Whether the files the running snapshot was read from still hold the bytes it was
+    /// built from (the same hash over the same reads as the load's).
+    fn snapshot_is_on_disk(&self) -> bool {
+        let snap = self.shared.load();
+        let mut files = config::gather::Gather::new();
+        for f in &snap.files {
+            let _ = files.read(f);
+        }
+        let files_hash = snap.content_hash.split(":pg:").next().unwrap_or("");
+        files.finish().1 == files_hash
     }
 
     /// The fingerprint is taken *before* the load, so a write that lands during the
     /// load makes the next check differ and load again: a change is never skipped.
     fn attempt(&self, state: &mut State, trigger: Trigger, fingerprint: [u8; 32]) -> ReloadResult {
         let result = reload_now(&self.config_path, &self.shared, trigger, config::unix_now());
+        // The load's (and the replaced snapshot's) freed heap back to the system.
+        config::release_freed_memory();
         // A failure that is not the files' fault (DNS) is retried at the next poll even
         // though the bytes are the same; any other is reported once per content.
         let transient = matches!(&result, ReloadResult::Failed(e) if e.0.iter().any(|e| e.transient));

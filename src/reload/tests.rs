@@ -287,6 +287,24 @@ fn reloader_skips_unchanged_files_and_reports_a_bad_file_once() {
     assert_eq!(seen.load(Ordering::SeqCst), 4);
 }
 
+/// The first check after start compares the files with the snapshot the server started
+/// on instead of loading them again; a change made between the start and that check is
+/// still loaded.
+#[test]
+fn the_first_check_loads_only_what_changed_since_the_start() {
+    let f = Fixture::new(MAIN, &creds(&[key_entry("a", "key-a", "\"balances:read\"", "2099-01-01")]));
+    let r = Reloader::new(f.path(), f.shared.clone(), |_: &ReloadResult| {});
+    let before = f.shared.load_full();
+    assert_eq!(r.check(Trigger::Poll), Some(ReloadResult::Unchanged));
+    assert!(Arc::ptr_eq(&before, &f.shared.load_full()), "the snapshot in force stays");
+
+    let f = Fixture::new(MAIN, &creds(&[key_entry("a", "key-a", "\"balances:read\"", "2099-01-01")]));
+    f.write("credentials.yaml", &creds(&[key_entry("b", "key-b", "\"balances:read\"", "2099-01-01")]));
+    let r = Reloader::new(f.path(), f.shared.clone(), |_: &ReloadResult| {});
+    assert!(matches!(r.check(Trigger::Poll), Some(ReloadResult::Applied { .. })), "changed before the first check");
+    assert!(f.shared.load().credentials.find("b").is_some());
+}
+
 #[test]
 fn reloader_watches_a_new_credentials_file_named_by_a_failure() {
     let f = Fixture::new(

@@ -350,9 +350,9 @@ mod tests {
         let a = store.apply(&Change::Edit { name: "k".into(), edit }, None, 0).unwrap();
         assert!(a.comments_kept);
         let k = a.store.all.iter().find(|c| &*c.id == "k").unwrap();
-        assert_eq!(k.roles, ["transactions"]);
+        assert_eq!(&*k.roles, [std::sync::Arc::<str>::from("transactions")]);
         assert!(k.grants.iter().any(|g| g.as_str() == "balances:read@vault/v-1"));
-        assert_eq!(k.allowed_ips.as_ref().map(Vec::len), Some(1));
+        assert_eq!(k.allowed_ips.as_ref().map(|l| l.len()), Some(1));
         assert_eq!(k.notes.as_deref(), Some("ops: \"rotate\" yearly"));
         let text = fs::read_to_string(&store.real).unwrap();
         assert!(text.contains("# who asked\n") && !text.contains("wallets"), "{text}");
@@ -360,7 +360,7 @@ mod tests {
         let edit = EntryEdit { allowed_ips: Some(None), notes: Some(None), ..Default::default() };
         let a = store.apply(&Change::Edit { name: "k".into(), edit }, Some(a.version), 0).unwrap();
         let k = a.store.all.iter().find(|c| &*c.id == "k").unwrap();
-        assert!(k.allowed_ips.is_none() && k.notes.is_none() && k.roles == ["transactions"]);
+        assert!(k.allowed_ips.is_none() && k.notes.is_none() && &*k.roles == [std::sync::Arc::<str>::from("transactions")]);
         // An edit the loader refuses is not written.
         let before = fs::read_to_string(&store.real).unwrap();
         let edit = EntryEdit { roles: Some(vec!["no-such-role".into()]), ..Default::default() };

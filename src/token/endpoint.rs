@@ -401,7 +401,7 @@ pub fn issue(snap: &Snapshot, req: &TokenRequest, client_ip: IpAddr, now: i64) -
         .map(|c| c.as_ref());
     // Every failure costs one argon2 verification, whatever the stored hash kind, so the
     // time of a refusal tells nothing about whether the client id exists.
-    let secret_ok = match client.and_then(|c| c.secret.as_ref()) {
+    let secret_ok = match client.and_then(|c| c.secret.as_deref()) {
         Some(stored @ SecretHash::Argon2(_)) => verify_secret(stored, &secret),
         Some(stored @ SecretHash::Sha256(_)) => {
             let ok = verify_secret(stored, &secret);

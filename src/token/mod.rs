@@ -198,7 +198,7 @@ fn verify_uncached(
                 kind: CredentialKind::Client,
                 user: None,
                 grants: Arc::from(grants),
-                allowed_ips: client.allowed_ips.as_ref().map(|v| Arc::from(v.as_slice())),
+                allowed_ips: client.allowed_ips.clone(),
             }
         }
     };

@@ -6,7 +6,8 @@
 
 Writes WORK/portcullis.yaml (listen on PORT, admin on PORT+1, production, 10 routes) and
 WORK/credentials.yaml: COUNT keys, each with a role, a vault-scoped permission, two
-allowed_ips entries, an expiry and a description. With `postgres` the main config names the
+allowed_ips entries, an expiry and a description. Key i's key is the string "mem-key-i";
+key 0 may be used from 127.0.0.1 (benches/reload_load.sh sends it). With `postgres` the main config names the
 PostgreSQL store (the URL in WORK/database-url) and credentials.yaml is the file to import.
 """
 import hashlib
@@ -29,7 +30,9 @@ with open(f"{work}/credentials.yaml", "w") as f:
     f.write("roles:\n  reporting: [\"transactions:read\", \"balances:read\"]\napi_keys:\n")
     for i in range(count):
         h = hashlib.sha256(f"mem-key-{i}".encode()).hexdigest()
+        # Key 0 (the key string is "mem-key-0") may be used from loopback: the load benches.
+        second = "127.0.0.1" if i == 0 else f"192.0.2.{i % 250}"
         f.write(f'  - name: key-{i}\n    key_hash: "sha256:{h}"\n    roles: [reporting]\n'
                 f'    permissions: ["balances:read@vault/v-{i % 1000}"]\n'
-                f'    allowed_ips: ["10.{i % 250}.0.0/16", "192.0.2.{i % 250}"]\n'
+                f'    allowed_ips: ["10.{i % 250}.0.0/16", "{second}"]\n'
                 f'    expires: 2099-01-01\n    description: "generated key {i % 100000}"\n')

@@ -84,7 +84,12 @@ pub fn init(flag: Option<&str>) -> Result<bool, String> {
 }
 
 /// Hands one request's span to the exporter (nothing when export is off).
-pub fn record(r: &AuditRecord<'_>, trace: &TraceContext, latency: Duration) {
+/// Whether spans are exported (`serve --otlp-endpoint`).
+pub fn enabled() -> bool {
+    EXPORTER.get().is_some()
+}
+
+pub fn record(r: &AuditRecord, trace: &TraceContext, latency: Duration) {
     let Some(ex) = EXPORTER.get() else { return };
     let end = SystemTime::now();
     let start = end.checked_sub(latency).unwrap_or(end);
@@ -107,7 +112,12 @@ pub fn record(r: &AuditRecord<'_>, trace: &TraceContext, latency: Duration) {
         KeyValue::new("portcullis.outcome", r.outcome.to_string()),
         KeyValue::new("portcullis.request_id", r.request_id.to_string()),
     ];
-    for (k, v) in [("http.route", r.route), ("portcullis.credential", r.credential), ("portcullis.credential_type", r.credential_type), ("portcullis.reason", r.reason)] {
+    for (k, v) in [
+        ("http.route", r.route.as_deref()),
+        ("portcullis.credential", r.credential.as_deref()),
+        ("portcullis.credential_type", r.credential_type),
+        ("portcullis.reason", r.reason),
+    ] {
         if let Some(v) = v {
             attributes.push(KeyValue::new(k, v.to_string()));
         }
@@ -115,7 +125,7 @@ pub fn record(r: &AuditRecord<'_>, trace: &TraceContext, latency: Duration) {
     if let Some(ip) = r.client_ip {
         attributes.push(KeyValue::new("client.address", ip.to_string()));
     }
-    let name = match r.route {
+    let name = match r.route.as_deref() {
         Some(route) => route.to_string(),
         None => format!("{} (no route)", r.method),
     };

@@ -89,7 +89,7 @@ impl Audited {
 /// Per-request state. The snapshot is loaded once, when the request starts.
 pub struct Ctx {
     snap: Arc<Snapshot>,
-    request_id: String,
+    request_id: RequestId,
     start: Instant,
     fate: Fate,
     upstream_start: Option<Instant>,
@@ -104,7 +104,43 @@ pub struct Ctx {
 
 /// A random 128-bit request id, as 32 hex digits.
 pub fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    RequestId::new().as_str().to_string()
+}
+
+/// A request's id (32 hex digits of a random 128-bit number), held as the header value it
+/// is sent as: the upstream's `x-auth-request-id` and the caller's `x-request-id` share
+/// its one allocation.
+#[derive(Clone, Debug)]
+pub struct RequestId(http::HeaderValue);
+
+impl RequestId {
+    pub fn new() -> Self {
+        let mut text = [0u8; 32];
+        trace::hex_out(&rand::random::<[u8; 16]>(), &mut text);
+        // Hex digits only: always a valid header value.
+        RequestId(http::HeaderValue::from_bytes(&text).unwrap_or_else(|_| http::HeaderValue::from_static("0")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("")
+    }
+
+    /// The id as a header value (shared, not copied).
+    pub fn header(&self) -> http::HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId::new()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 fn peer_ip(session: &Session) -> IpAddr {
@@ -134,7 +170,8 @@ fn request_line_target(session: &Session) -> Option<bytes::Bytes> {
 }
 
 /// Writes a rejection as the whole response.
-async fn respond(session: &mut Session, rej: &Rejection, request_id: &str) -> Result<()> {
+async fn respond(session: &mut Session, rej: &Rejection, request_id: &RequestId) -> Result<()> {
+    let request_id = request_id.as_str();
     let body = rej.body(request_id);
     let resp = rej.response_header(request_id, body.len())?;
     let req = session.req_header();
@@ -152,11 +189,11 @@ async fn respond(session: &mut Session, rej: &Rejection, request_id: &str) -> Re
 }
 
 /// Writes one of the sidecar's own answers (token endpoint, JWKS, metadata).
-async fn respond_reply(session: &mut Session, reply: &Reply, request_id: &str) -> Result<()> {
+async fn respond_reply(session: &mut Session, reply: &Reply, request_id: &RequestId) -> Result<()> {
     let mut resp = ResponseHeader::build(reply.status, Some(6))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", reply.body.len().to_string())?;
-    resp.insert_header("x-request-id", request_id)?;
+    resp.insert_header("x-request-id", request_id.header())?;
     if reply.no_store {
         resp.insert_header("cache-control", "no-store")?;
         resp.insert_header("pragma", "no-cache")?;
@@ -186,7 +223,7 @@ impl Portcullis {
             Which::Metadata => ctx.snap.tokens.as_ref().map(endpoint::metadata),
             Which::Token if session.req_header().method != http::Method::POST => {
                 session.set_keepalive(None);
-                Some(endpoint::method_not_allowed(&ctx.request_id))
+                Some(endpoint::method_not_allowed(ctx.request_id.as_str()))
             }
             Which::Token => Some(self.token_request(session, ctx, peer, &mut client_ip).await),
         };
@@ -220,14 +257,14 @@ impl Portcullis {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > endpoint::MAX_BODY_BYTES {
                         session.set_keepalive(None);
-                        return endpoint::OAuthError::too_large().reply(&ctx.request_id);
+                        return endpoint::OAuthError::too_large().reply(ctx.request_id.as_str());
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
                 Err(_) => {
                     session.set_keepalive(None);
-                    return endpoint::OAuthError::unreadable().reply(&ctx.request_id);
+                    return endpoint::OAuthError::unreadable().reply(ctx.request_id.as_str());
                 }
             }
         }
@@ -235,7 +272,7 @@ impl Portcullis {
         let xff = req.headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
         let client_ip = client_ip::client_ip(peer, xff, &ctx.snap.settings);
         *ip = Some(client_ip);
-        let rid = &ctx.request_id;
+        let rid = ctx.request_id.as_str();
         let parsed = match endpoint::parse_request(&req.headers, &body) {
             Ok(p) => p,
             Err(e) => return e.reply(rid),
@@ -273,7 +310,7 @@ impl ProxyHttp for Portcullis {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             snap: self.config.load_full(),
-            request_id: new_request_id(),
+            request_id: RequestId::new(),
             start: Instant::now(),
             fate: Fate::Unjudged,
             upstream_start: None,
@@ -367,7 +404,8 @@ impl ProxyHttp for Portcullis {
             upstream_request.insert_header("host", ctx.snap.settings.upstream_text.as_str())?;
         }
         let trace = *ctx.trace.get_or_insert_with(|| trace::from_headers(&session.req_header().headers));
-        let stripped = pipeline::rewrite::rewrite(upstream_request, permit, &ctx.request_id, peer_ip(session), &trace)?;
+        let note = tracing::enabled!(tracing::Level::DEBUG);
+        let stripped = pipeline::rewrite::rewrite(upstream_request, permit, &ctx.request_id, peer_ip(session), &trace, note)?;
         if !stripped.is_empty() {
             tracing::debug!(request_id = %ctx.request_id, headers = ?stripped, "removed caller-sent headers");
         }
@@ -394,7 +432,7 @@ impl ProxyHttp for Portcullis {
             }
         }
         // The caller can quote this id; it is the upstream's x-auth-request-id too.
-        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream_response.insert_header("x-request-id", ctx.request_id.header())?;
         Ok(())
     }
 
@@ -481,25 +519,27 @@ impl ProxyHttp for Portcullis {
         let latency = ctx.start.elapsed();
         // A request pingora refused before `request_filter` still has the caller's trace id.
         let trace_ctx = ctx.trace.unwrap_or_else(|| trace::from_headers(&req.headers));
-        let trace_id = trace_ctx.trace_id_hex();
-        let record = AuditRecord {
-            request_id: &ctx.request_id,
-            client_ip: d.and_then(|d| d.client_ip).or(endpoint_ip),
-            method: req.method.as_str(),
-            path: &path,
-            route: d.and_then(|d| d.route.as_deref()),
-            credential: identity.map(|i| i.credential.as_ref()).or(token_client),
-            credential_type: identity.map(|i| i.kind.as_str()).or(token_client.map(|_| "client")),
-            user: identity.and_then(|i| i.user.as_deref()),
-            outcome: audited.as_str(),
-            reason,
-            status,
-            latency,
-            upstream_latency: ctx.upstream_start.map(|t| t.elapsed()),
-            trace_id: trace_id.as_str(),
-        };
-        telemetry::audit(&record);
-        crate::otlp::record(&record, &trace_ctx, latency);
+        if telemetry::audit_enabled() || crate::otlp::enabled() {
+            let record = AuditRecord {
+                request_id: ctx.request_id.clone(),
+                client_ip: d.and_then(|d| d.client_ip).or(endpoint_ip),
+                method: req.method.clone(),
+                path: Box::from(path.as_ref()),
+                route: d.and_then(|d| d.route.clone()),
+                credential: identity.map(|i| i.credential.clone()).or_else(|| token_client.map(Arc::from)),
+                credential_type: identity.map(|i| i.kind.as_str()).or(token_client.map(|_| "client")),
+                user: identity.and_then(|i| i.user.clone()),
+                outcome: audited.as_str(),
+                reason,
+                status,
+                latency,
+                upstream_latency: ctx.upstream_start.map(|t| t.elapsed()),
+                trace_id: trace_ctx.trace_id,
+                at: std::time::SystemTime::now(),
+            };
+            crate::otlp::record(&record, &trace_ctx, latency);
+            telemetry::audit(record);
+        }
         let now = unix_now();
         match (&ctx.fate, audited) {
             (Fate::Endpoint { answered: Answered::Issued(client), .. }, _) => self.metrics.token_issued(&ctx.snap, client, now),

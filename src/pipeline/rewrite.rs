@@ -1,6 +1,7 @@
 //! The upstream request rewrite (SPEC §5 step 8): strip credentials and every caller-sent
 //! identity header, add ours, pass on the trace context, and forward the normalized path
 //! that was matched. Takes a [`Permit`], so an unauthorized request cannot reach it.
+use std::io::Write;
 use std::net::IpAddr;
 
 use pingora::http::RequestHeader;
@@ -24,17 +25,22 @@ pub fn is_identity_header(name: &str) -> bool {
 /// Headers a caller may never make us drop by naming them in `Connection`.
 const KEEP: [&str; 3] = ["host", "content-length", "transfer-encoding"];
 
-/// Rewrites `req` for the upstream. Returns the names of caller-sent headers it removed
-/// (for a debug note), never their values. Fails closed: if an identity header cannot be
-/// set, the request must not be forwarded. The caller's `traceparent` (and `tracestate`)
-/// stay as they came; a `trace` started here replaces an invalid one, and drops the
-/// `tracestate` that came with it.
+/// Rewrites `req` for the upstream. When `note` is set, returns the names of caller-sent
+/// headers it removed (for a debug line), never their values; otherwise an empty list
+/// (nothing allocated for it). Fails closed: if an identity header cannot be set, the
+/// request must not be forwarded. The caller's `traceparent` (and `tracestate`) stay as
+/// they came; a `trace` started here replaces an invalid one, and drops the `tracestate`
+/// that came with it.
+///
+/// Per request, on the proxy's worker: a header is removed only when present, names are
+/// static, and the request id's value is shared, not copied (issue 15).
 pub fn rewrite(
     req: &mut RequestHeader,
     permit: &Permit,
-    request_id: &str,
+    request_id: &crate::proxy::RequestId,
     peer: IpAddr,
     trace: &TraceContext,
+    note: bool,
 ) -> pingora::Result<Vec<String>> {
     if let Some(t) = &permit.normalized_target {
         let uri = http::Uri::try_from(t.as_str()).map_err(|e| {
@@ -42,38 +48,43 @@ pub fn rewrite(
         })?;
         req.set_uri(uri);
     }
-    let mut remove: Vec<String> = Vec::new();
+    let mut stripped = Vec::new();
+    let mut strip = |req: &mut RequestHeader, name: &str| {
+        if req.remove_header(name).is_some() && note {
+            stripped.push(name.to_string());
+        }
+    };
+    // Hop-by-hop headers the caller named in `Connection` (rare: parsed only when sent).
     let mut upgrade = false;
-    for v in req.headers.get_all(http::header::CONNECTION).iter() {
-        for tok in v.to_str().unwrap_or("").split(',') {
-            let t = tok.trim().to_ascii_lowercase();
-            if t == "upgrade" {
-                upgrade = true;
-            } else if !t.is_empty() && !KEEP.contains(&t.as_str()) {
-                remove.push(t);
+    if req.headers.contains_key(http::header::CONNECTION) {
+        let mut named: Vec<String> = Vec::new();
+        for v in req.headers.get_all(http::header::CONNECTION).iter() {
+            for tok in v.to_str().unwrap_or("").split(',') {
+                let t = tok.trim().to_ascii_lowercase();
+                if t == "upgrade" {
+                    upgrade = true;
+                } else if !t.is_empty() && !KEEP.contains(&t.as_str()) {
+                    named.push(t);
+                }
             }
         }
-    }
-    for name in req.headers.keys() {
-        let n = name.as_str();
-        if is_identity_header(n) {
-            remove.push(n.to_string());
+        for name in named {
+            strip(req, &name);
         }
+        strip(req, "connection");
     }
-    remove.push("authorization".into());
-    remove.push("x-api-key".into());
-    remove.push("connection".into());
+    // Every spelling of an identity header the caller sent (`x-auth-*`, `x_auth_*`, …).
+    let forged: Vec<String> = req.headers.keys().map(|n| n.as_str()).filter(|n| is_identity_header(n)).map(str::to_string).collect();
+    for name in forged {
+        strip(req, &name);
+    }
+    strip(req, "authorization");
+    strip(req, "x-api-key");
     // SPEC §5 step 8: an Upgrade only on a `websocket: true` route (after every check);
     // elsewhere it is removed, so the upstream cannot switch protocols under us.
     let upgrade = upgrade && permit.upgrade && req.headers.contains_key(http::header::UPGRADE);
     if !permit.upgrade {
-        remove.push("upgrade".into());
-    }
-    let mut stripped = Vec::new();
-    for name in remove {
-        if req.remove_header(name.as_str()).is_some() {
-            stripped.push(name);
-        }
+        strip(req, "upgrade");
     }
     if upgrade {
         let _ = req.insert_header("connection", "upgrade");
@@ -84,24 +95,45 @@ pub fn rewrite(
         xff.extend_from_slice(v.as_bytes());
         xff.extend_from_slice(b", ");
     }
-    xff.extend_from_slice(peer.to_canonical().to_string().as_bytes());
+    xff.extend_from_slice(IpText::of(peer.to_canonical()).as_bytes());
     req.insert_header("x-forwarded-for", xff)?;
     if let Some(id) = &permit.identity {
         req.insert_header("x-auth-credential", id.credential.as_ref())?;
-        req.insert_header("x-auth-credential-type", id.kind.as_str())?;
+        req.insert_header("x-auth-credential-type", http::HeaderValue::from_static(id.kind.as_str()))?;
         if let Some(u) = &id.user {
             req.insert_header("x-auth-user", u.as_ref())?;
         }
     }
-    req.insert_header("x-auth-client-ip", permit.client_ip.to_string())?;
-    req.insert_header("x-auth-request-id", request_id)?;
+    req.insert_header("x-auth-client-ip", IpText::of(permit.client_ip).as_bytes())?;
+    req.insert_header("x-auth-request-id", request_id.header())?;
     if trace.started {
-        if req.remove_header("tracestate").is_some() {
+        if req.remove_header("tracestate").is_some() && note {
             stripped.push("tracestate".into());
         }
         req.insert_header("traceparent", trace.header())?;
     }
     Ok(stripped)
+}
+
+/// An address as text, formatted on the stack (a header value copies it once).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn of(ip: IpAddr) -> Self {
+        let mut t = IpText { buf: [0; 48], len: 0 };
+        let mut w = &mut t.buf[..];
+        // 48 bytes hold the longest IPv6 text (45).
+        let _ = write!(w, "{ip}");
+        t.len = 48 - w.len();
+        t
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 #[cfg(test)]
@@ -150,7 +182,11 @@ mod tests {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         req.append_header("traceparent", tp).unwrap();
         let trace = super::super::trace::parse(tp.as_bytes()).unwrap();
-        rewrite(&mut req, &permit, "rid", "127.0.0.1".parse().unwrap(), &trace).unwrap();
+        let rid = crate::proxy::RequestId::new();
+        let stripped = rewrite(&mut req, &permit, &rid, "127.0.0.1".parse().unwrap(), &trace, true).unwrap();
+        for gone in ["x-api-key", "x_auth_user", "x.auth.thing", "x-auth-credential", "x-hop", "connection"] {
+            assert!(stripped.iter().any(|s| s == gone), "{gone} in {stripped:?}");
+        }
         let h = &req.headers;
         assert!(h.get("x-api-key").is_none());
         assert!(h.get("x_auth_user").is_none());
@@ -162,6 +198,7 @@ mod tests {
         assert_eq!(h.get("x-auth-user").unwrap(), "alice");
         assert_eq!(h.get("x-auth-client-ip").unwrap(), "198.51.100.2");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.1, 127.0.0.1");
+        assert_eq!(h.get("x-auth-request-id").unwrap(), rid.as_str());
         assert_eq!(h.get("traceparent").unwrap(), tp, "the caller's trace context is passed on unchanged");
     }
 }

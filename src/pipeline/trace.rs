@@ -99,7 +99,8 @@ pub fn start() -> TraceContext {
     TraceContext { trace_id, parent_id, flags: SAMPLED, started: true }
 }
 
-fn hex_out(bytes: &[u8], out: &mut [u8]) {
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+pub(crate) fn hex_out(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in bytes.iter().enumerate() {
         out[2 * i] = DIGITS[usize::from(b >> 4)];
@@ -110,9 +111,7 @@ fn hex_out(bytes: &[u8], out: &mut [u8]) {
 impl TraceContext {
     /// The trace id as 32 lowercase hex digits, in a buffer of the caller's stack.
     pub fn trace_id_hex(&self) -> TraceIdHex {
-        let mut out = [0u8; 32];
-        hex_out(&self.trace_id, &mut out);
-        TraceIdHex(out)
+        hex_id(&self.trace_id)
     }
 
     /// The `traceparent` value (version 00) for this context.
@@ -127,6 +126,13 @@ impl TraceContext {
         // Hex digits and dashes only: always a valid header value.
         http::HeaderValue::from_bytes(&out).unwrap_or_else(|_| http::HeaderValue::from_static(""))
     }
+}
+
+/// A trace id as hex text.
+pub fn hex_id(id: &[u8; 16]) -> TraceIdHex {
+    let mut out = [0u8; 32];
+    hex_out(id, &mut out);
+    TraceIdHex(out)
 }
 
 /// A trace id as hex text, without a heap allocation.

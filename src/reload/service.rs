@@ -31,6 +31,9 @@ impl ReloadService {
     }
 }
 
+/// The nice value of the thread that reloads (the proxy's workers run at 0).
+const RELOAD_NICE: i32 = 10;
+
 /// The reload service for the config at `config_path` (as given to `config::load`),
 /// publishing into `shared`. `observer` is called after every reload attempt,
 /// including one when the service starts (the files are re-checked then, in case they
@@ -49,6 +52,13 @@ pub fn reload_service(
 #[async_trait]
 impl BackgroundService for ReloadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Reloads run on this service's own thread, at a lower priority than the proxy's
+        // workers (Linux nice values are per thread): parsing a large store takes a core for
+        // a second or two, and requests come first (issue 15: p99 during a reload). Refused
+        // (a sandbox) only means normal priority.
+        if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), RELOAD_NICE) {
+            tracing::debug!(error = %e, "cannot lower the reload thread's priority");
+        }
         // First, so that SIGHUP stops meaning "terminate" as early as possible.
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),

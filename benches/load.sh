@@ -30,6 +30,8 @@ UP=127.0.0.1:$BASE PLAIN=127.0.0.1:$((BASE+1)) PC=127.0.0.1:$((BASE+2)) ADMIN=12
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
+# PORTCULLIS_BIN runs another build of the sidecar (an older one, to compare).
+bin=${PORTCULLIS_BIN:-target/release/portcullis}
 cargo build --quiet --release --bin portcullis --example fast_upstream --example plain_proxy
 
 work=$(mktemp -d)
@@ -76,9 +78,9 @@ YAML
 target/release/examples/fast_upstream "$UP" 2>/dev/null & pids+=($!)
 target/release/examples/plain_proxy "$PLAIN" "$UP" "$PTHREADS" >/dev/null 2>&1 & pids+=($!)
 if [ "${LOAD_AUDIT:-on}" = off ]; then
-  RUST_LOG=warn target/release/portcullis serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
+  RUST_LOG=warn "$bin" serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
 else
-  target/release/portcullis serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
+  "$bin" serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
 fi
 for a in "$UP" "$PLAIN" "$PC"; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://$a/" && break; sleep 0.1; done

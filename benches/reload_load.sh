@@ -14,6 +14,8 @@ COUNT=${1:-100000}
 SECS=${2:-10}
 ROUNDS=${3:-3}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+# PORTCULLIS_BIN runs another build of the sidecar (an older one, to compare).
+bin=${PORTCULLIS_BIN:-target/release/portcullis}
 cargo build --quiet --release --bin portcullis --example fast_upstream
 work=$(mktemp -d)
 pids=()
@@ -24,7 +26,7 @@ up=127.0.0.1:$((port + 2))
 python3 benches/generate.py "$work" "$COUNT" "$port" file
 sed -i "s|^upstream: .*|upstream: \"$up\"|" "$work/portcullis.yaml"
 target/release/examples/fast_upstream "$up" 2>/dev/null & pids+=($!)
-target/release/portcullis serve --config "$work/portcullis.yaml" >"$work/serve.log" 2>&1 & pid=$!; pids+=($pid)
+"$bin" serve --config "$work/portcullis.yaml" >"$work/serve.log" 2>&1 & pid=$!; pids+=($pid)
 url="http://127.0.0.1:$port/v1/r0/vaults/v-0/balances"
 for _ in $(seq 1 300); do [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'x-api-key: mem-key-0' "$url")" = 200 ] && break; sleep 0.1; done
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'x-api-key: mem-key-0' "$url")" = 200 ] || { echo "portcullis does not answer 200" >&2; exit 1; }

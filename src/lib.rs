@@ -3,8 +3,9 @@
 //! A request flows one way through small stages (see `pipeline`), each a plain function
 //! over plain inputs; configuration is parsed and validated once into an immutable
 //! [`config::Snapshot`] that is published through `ArcSwap` and read once per request.
-// No unsafe code but one audited FFI call: `config::release_freed_memory` (glibc's
-// malloc_trim, which has no safe binding), allowed there alone.
+// No unsafe code but two audited FFI calls to glibc's allocator, which has no safe
+// binding: `config::release_freed_memory` (malloc_trim) and
+// `config::keep_freed_memory_returnable` (mallopt), allowed there alone.
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 

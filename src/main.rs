@@ -153,6 +153,7 @@ fn serve(path: PathBuf, log_format: portcullis::telemetry::LogFormat, otlp_endpo
         eprintln!("portcullis: cannot start: {e}");
         return ExitCode::from(2);
     }
+    config::keep_freed_memory_returnable();
     let snap = match config::load_for_serving(&path, config::unix_now()) {
         Ok(s) => s,
         Err(e) => {

@@ -4,6 +4,7 @@ pub mod error;
 pub mod gather;
 pub mod raw;
 pub mod snapshot;
+mod split;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
@@ -162,15 +163,27 @@ pub fn credentials_from_text(
     env: Environment,
     now: i64,
 ) -> Result<(CredentialStore, Vec<String>), ConfigErrors> {
-    let cred_raw = parse::<raw::CredentialsRaw>(path, text).map_err(|e| ConfigErrors(vec![e]))?;
-    let mut warnings = Vec::new();
-    let mut sink = validate::Sink::new(path);
-    let store = validate::credentials(&cred_raw, env, now, &mut sink, &mut warnings);
-    if sink.errors.is_empty() {
-        Ok((store, warnings))
-    } else {
-        Err(ConfigErrors(sink.errors))
+    // First the fast read: no places, a large file's long lists read on every core at once.
+    // Only a valid file keeps its result; anything else is read again the placed way, whole
+    // and in order, so every error is the one, and at the line and column, it always was.
+    if let Some(cred_raw) = split::credentials_unplaced(text) {
+        if let Ok(valid) = credentials_from_raw(path, &cred_raw, env, now) {
+            return Ok(valid);
+        }
     }
+    credentials_placed(path, text, env, now)
+}
+
+/// [`credentials_from_text`] the placed way only: one parse of the whole text, each value
+/// with its place, then validation.
+fn credentials_placed(
+    path: &Path,
+    text: &str,
+    env: Environment,
+    now: i64,
+) -> Result<(CredentialStore, Vec<String>), ConfigErrors> {
+    let cred_raw = parse::<raw::CredentialsRaw>(path, text).map_err(|e| ConfigErrors(vec![e]))?;
+    credentials_from_raw(path, &cred_raw, env, now)
 }
 
 /// Validates parsed credentials (from a database) exactly as [`credentials_from_text`]
@@ -195,13 +208,57 @@ pub fn credentials_from_raw(
 /// load. Parsing a large credentials file allocates and frees hundreds of MB in small
 /// pieces between the long-lived snapshot's; glibc keeps those pages resident, so a
 /// 100,000-credential sidecar would otherwise hold ~300 MB for a ~40 MB snapshot.
-#[allow(unsafe_code)]
+///
+/// `malloc_trim` does not shrink the top of a thread's arena, and the parse runs on one
+/// thread per core (`split`), whose arenas glibc hands to the next threads it starts:
+/// a short-lived thread per core takes one each and frees a block there, which makes glibc
+/// trim that arena's top (with [`keep_freed_memory_returnable`]'s fixed threshold).
 pub fn release_freed_memory() {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let together = Arc::new(std::sync::Barrier::new(n));
+    let pokes: Vec<_> = (0..n)
+        .filter_map(|_| {
+            let together = together.clone();
+            std::thread::Builder::new()
+                .name("trim".into())
+                .spawn(move || {
+                    // Below the mmap threshold (so from the arena), above glibc's 64 KiB
+                    // consolidation threshold (so its free trims).
+                    drop(std::hint::black_box(Vec::<u8>::with_capacity(100 << 10)));
+                    together.wait();
+                })
+                .ok()
+        })
+        .collect();
+    for p in pokes {
+        let _ = p.join();
+    }
+    trim();
+}
+
+#[allow(unsafe_code)]
+fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointers; it walks and trims glibc's own free lists,
     // under each arena's lock.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Fixes glibc's trim and mmap thresholds at their defaults (128 KiB) instead of letting
+/// them grow: call once, at start, before the first load. glibc raises both after a large
+/// block is freed (up to 32 and 64 MiB), after which the freed heap of a thread (the
+/// credentials parse runs on one thread per core) stays resident, ~30 MiB a thread, where
+/// [`release_freed_memory`] cannot reach it. Large buffers then come from mmap and go back
+/// when freed.
+#[allow(unsafe_code)]
+pub fn keep_freed_memory_returnable() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes two integers and changes glibc's tuning only.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Serde mirrors of the YAML files: no logic, unknown fields are errors. The values that
 //! validation can refuse are [`At`]: they carry the line and column they were read from,
 //! so an error names its place exactly (comments and look-alike lines cannot mislead it).
+use std::cell::Cell;
 use std::fmt;
 use std::ops::Deref;
 
@@ -8,9 +9,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
-/// A value and where in its file it was read (serde-saphyr's [`Spanned`]); reads as the
-/// value itself. One built in code ([`At::new`]) has no place.
-pub struct At<T>(Spanned<T>);
+/// A value and where in its file it was read (the line and column of serde-saphyr's
+/// [`Spanned`], kept as two numbers: a 100,000-credential file holds a million of these);
+/// reads as the value itself. One built in code ([`At::new`]) has no place.
+pub struct At<T> {
+    value: T,
+    /// 1-based; 0 where unknown.
+    line: u32,
+    column: u32,
+}
 
 /// A 1-based line and column; `None` where unknown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,58 +29,87 @@ pub struct Place {
 impl<T> At<T> {
     /// A value with no place in a file.
     pub fn new(value: T) -> Self {
-        At(Spanned::new(value, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN))
+        At { value, line: 0, column: 0 }
     }
 
     /// Where the value was read.
     pub fn place(&self) -> Place {
-        let l = self.0.referenced;
-        let known = l.line() > 0;
+        let known = self.line > 0;
         Place {
-            line: known.then_some(l.line() as usize),
-            column: known.then_some(l.column() as usize),
+            line: known.then_some(self.line as usize),
+            column: known.then_some(self.column as usize),
         }
     }
 
     pub fn into_inner(self) -> T {
-        self.0.value
+        self.value
     }
 }
 
 impl<T> Deref for At<T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &self.0.value
+        &self.value
     }
 }
 
 impl<T: fmt::Debug> fmt::Debug for At<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.value.fmt(f)
+        self.value.fmt(f)
     }
 }
 
 impl<T: fmt::Display> fmt::Display for At<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.value.fmt(f)
+        self.value.fmt(f)
     }
 }
 
 impl PartialEq<str> for At<String> {
     fn eq(&self, other: &str) -> bool {
-        self.0.value == other
+        self.value == other
     }
 }
 
 impl PartialEq<&str> for At<String> {
     fn eq(&self, other: &&str) -> bool {
-        self.0.value == *other
+        self.value == *other
+    }
+}
+
+thread_local! {
+    /// Whether [`At`] values read on this thread skip their place (an [`Unplaced`] lives).
+    static UNPLACED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While it lives, every [`At`] deserialized on this thread is read as its bare value,
+/// with no place ([`At::new`]): serde-saphyr's span tracking is skipped, which reads a
+/// large file faster. For a parse whose errors are never shown: a first try that is
+/// redone placed whenever anything in it is wrong.
+pub struct Unplaced {
+    was: bool,
+}
+
+impl Unplaced {
+    pub fn enter() -> Self {
+        Unplaced { was: UNPLACED.replace(true) }
+    }
+}
+
+impl Drop for Unplaced {
+    fn drop(&mut self) {
+        UNPLACED.set(self.was);
     }
 }
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for At<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Spanned::deserialize(d).map(At)
+        if UNPLACED.get() {
+            return T::deserialize(d).map(At::new);
+        }
+        // serde-saphyr counts lines and columns in u32s.
+        let s = Spanned::<T>::deserialize(d)?;
+        Ok(At { value: s.value, line: s.referenced.line() as u32, column: s.referenced.column() as u32 })
     }
 }
 

@@ -177,11 +177,15 @@ pub(super) fn fingerprint(files: &[PathBuf]) -> [u8; 32] {
     for f in files {
         h.update(f.as_os_str().as_encoded_bytes());
         h.update([0]);
-        match std::fs::read(f) {
-            Ok(bytes) => {
+        // Streamed through the hash: the 5-second poll of a 28 MB store must not hold a
+        // copy of it (issue 15: resident memory).
+        let mut content = Sha256::new();
+        let read = std::fs::File::open(f).and_then(|mut file| std::io::copy(&mut file, &mut content));
+        match read {
+            Ok(len) => {
                 h.update(b"ok");
-                h.update((bytes.len() as u64).to_le_bytes());
-                h.update(&bytes);
+                h.update(len.to_le_bytes());
+                h.update(content.finalize());
             }
             Err(e) => {
                 h.update(b"error");

@@ -38,9 +38,8 @@ measure() { # name
   out=$(wrk -t2 -c64 -d"${SECS}s" --latency -H 'x-api-key: mem-key-0' "$url")
   echo "$1 $(echo "$out" | awk '/Requests\/sec/ {print $2}') $(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')") $(echo "$out" | awk '/Non-2xx/ {print $NF}')"
 }
-added=0
-replace_file() { # a new key, the file written aside and renamed over the old one
-  added=$((added + 1))
+replace_file() { # NAME: a new key, the file written aside and renamed over the old one
+  local added=$1
   cp "$work/credentials.yaml" "$work/credentials.yaml.new"
   printf '  - name: added-%s\n    key_hash: "sha256:%s"\n    allowed_ips: ["10.0.0.0/8"]\n    permissions: ["balances:read"]\n    expires: 2099-01-01\n' \
     "$added" "$(printf 'added-%s' "$added" | sha256sum | cut -d' ' -f1)" >>"$work/credentials.yaml.new"
@@ -50,10 +49,10 @@ reloads() { grep -c '"config reloaded"' "$work/serve.log" || true; }
 
 echo "wrk -t2 -c64 -d${SECS}s, $COUNT credentials, loopback, $(nproc) cores, $ROUNDS rounds (median), $(date -u +%Y-%m-%dT%H:%MZ)"
 results=()
-for _ in $(seq 1 "$ROUNDS"); do
+for round in $(seq 1 "$ROUNDS"); do
   results+=("$(measure steady)")
   before=$(reloads)
-  ( sleep 1; replace_file; sleep $((SECS / 2)); replace_file ) &
+  ( sleep 1; replace_file "$round-a"; sleep $((SECS / 2)); replace_file "$round-b" ) &
   writer=$!
   results+=("$(measure reload)")
   wait "$writer"

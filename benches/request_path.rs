@@ -5,9 +5,9 @@
 //! - `decide`: the whole decision for an API-key request (as `benches/decision.rs`);
 //! - `rewrite`: the upstream request rewrite (strip credentials and identity headers, add
 //!   ours, trace context), on a copy of a request head as wrk sends it (the copy is timed
-//!   alone in `rewrite/copy_only`);
-//! - `audit/hand_over`: what a proxy worker does for the audit line (the writer thread
-//!   formats it), and `audit/format`: what the writer thread then does.
+//!   alone in `rewrite/copy_only`); `rewrite/forward` adds writing the result as the
+//!   upstream's HTTP/1 head and dropping it, and `rewrite/sdk` does that for the six
+//!   headers a client library sends.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -72,6 +72,22 @@ fn wrk_request() -> RequestHeader {
     req
 }
 
+/// A request head as an SDK sends it (six headers, as a client library's defaults).
+fn sdk_request() -> RequestHeader {
+    let mut req = RequestHeader::build("GET", b"/v1/vaults/v-1/balances", Some(6)).expect("head");
+    for (k, v) in [
+        ("Host", "wallet-api.internal:8080"),
+        ("User-Agent", "wallet-sdk/2.3.1 python/3.11"),
+        ("Accept", "application/json"),
+        ("Accept-Encoding", "gzip, deflate"),
+        ("X-Api-Key", KEY),
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    ] {
+        req.append_header(k, v).expect("header");
+    }
+    req
+}
+
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let snap = snapshot(dir.path());
@@ -85,6 +101,15 @@ fn bench(c: &mut Criterion) {
     let trace_ctx = trace::start();
     let request_id = portcullis::proxy::RequestId::new();
     let head = wrk_request();
+    let sdk = sdk_request();
+    // What the proxy does with the result: writes it to the upstream, then drops it.
+    let forward = |head: &RequestHeader| {
+        let mut req = head.clone();
+        let _ = black_box(rewrite::rewrite(&mut req, &permit, &request_id, peer, &trace_ctx, false));
+        let mut wire = Vec::with_capacity(512);
+        req.header_to_h1_wire(&mut wire);
+        black_box(wire);
+    };
 
     let n = 10_000;
     println!("heap allocations per run:");
@@ -97,6 +122,8 @@ fn bench(c: &mut Criterion) {
             let _ = black_box(rewrite::rewrite(&mut req, &permit, &request_id, peer, &trace_ctx, false));
         })
     );
+    println!("  rewrite/forward   {:6.1}", allocations_per_run(n, || forward(&head)));
+    println!("  rewrite/sdk       {:6.1}", allocations_per_run(n, || forward(&sdk)));
 
     let mut g = c.benchmark_group("request_path");
     g.bench_function("decide", |b| b.iter(|| black_box(decide(black_box(&snap), black_box(&view), NOW))));
@@ -108,6 +135,8 @@ fn bench(c: &mut Criterion) {
             req
         })
     });
+    g.bench_function("rewrite/forward", |b| b.iter(|| forward(black_box(&head))));
+    g.bench_function("rewrite/sdk", |b| b.iter(|| forward(black_box(&sdk))));
     g.finish();
 }
 

@@ -143,6 +143,27 @@ impl std::fmt::Display for RequestId {
     }
 }
 
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// Adds `x-request-id` to the upstream's answer, editing it as plain
+/// [`http::response::Parts`] as the request's rewrite does (issue 15): no name parsed per
+/// request, no second map of name spellings. The header names reach the caller in
+/// canonical case, as the upstream's names reach the upstream's peer through Envoy.
+fn add_request_id(resp: &mut ResponseHeader, id: &RequestId) -> Result<()> {
+    // A reason phrase of the upstream's own (not the status's standard one) is kept.
+    let reason = (resp.get_reason_phrase() != resp.status.canonical_reason())
+        .then(|| resp.get_reason_phrase().map(str::to_owned))
+        .flatten();
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts: http::response::Parts = std::mem::replace(resp, placeholder).into();
+    parts.headers.insert(X_REQUEST_ID, id.header());
+    *resp = ResponseHeader::from(parts);
+    if reason.is_some() {
+        resp.set_reason_phrase(reason.as_deref())?;
+    }
+    Ok(())
+}
+
 fn peer_ip(session: &Session) -> IpAddr {
     session
         .client_addr()
@@ -432,8 +453,7 @@ impl ProxyHttp for Portcullis {
             }
         }
         // The caller can quote this id; it is the upstream's x-auth-request-id too.
-        upstream_response.insert_header("x-request-id", ctx.request_id.header())?;
-        Ok(())
+        add_request_id(upstream_response, &ctx.request_id)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

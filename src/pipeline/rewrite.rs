@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
 use super::trace::TraceContext;
@@ -25,6 +26,21 @@ pub fn is_identity_header(name: &str) -> bool {
 /// Headers a caller may never make us drop by naming them in `Connection`.
 const KEEP: [&str; 3] = ["host", "content-length", "transfer-encoding"];
 
+/// The names we set, parsed once (at compile time) rather than on every request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_AUTH_CREDENTIAL: HeaderName = HeaderName::from_static("x-auth-credential");
+const X_AUTH_CREDENTIAL_TYPE: HeaderName = HeaderName::from_static("x-auth-credential-type");
+const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
+const X_AUTH_CLIENT_IP: HeaderName = HeaderName::from_static("x-auth-client-ip");
+const X_AUTH_REQUEST_ID: HeaderName = HeaderName::from_static("x-auth-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// The most headers [`rewrite`] adds: forwarded-for, four or five identity headers,
+/// `traceparent`, `connection`.
+const ADDED: usize = 8;
+
 /// Rewrites `req` for the upstream. When `note` is set, returns the names of caller-sent
 /// headers it removed (for a debug line), never their values; otherwise an empty list
 /// (nothing allocated for it). Fails closed: if an identity header cannot be set, the
@@ -32,8 +48,14 @@ const KEEP: [&str; 3] = ["host", "content-length", "transfer-encoding"];
 /// they came; a `trace` started here replaces an invalid one, and drops the `tracestate`
 /// that came with it.
 ///
-/// Per request, on the proxy's worker: a header is removed only when present, names are
-/// static, and the request id's value is shared, not copied (issue 15).
+/// Per request, on the proxy's worker (issue 15): the head is edited as plain
+/// [`http::request::Parts`], with room made once for what is added and names parsed at
+/// compile time. pingora's own `insert_header` parses the name on every call, keeps a
+/// second map of the names as the caller spelled them, and grows both maps (sized to
+/// the headers the caller sent) about twice per request: that was two thirds of this
+/// function's cost. So the upstream gets header names in canonical case (`Host`,
+/// `Content-Type`; others lower-case), as Envoy sends them: HTTP header names are
+/// case-insensitive (RFC 9110 §5.1).
 pub fn rewrite(
     req: &mut RequestHeader,
     permit: &Permit,
@@ -42,88 +64,151 @@ pub fn rewrite(
     trace: &TraceContext,
     note: bool,
 ) -> pingora::Result<Vec<String>> {
+    let send_end_stream = req.send_end_stream();
+    // A target the URI does not reproduce byte for byte (absolute-form, say) is kept.
+    let raw_target = match &permit.normalized_target {
+        Some(_) => None,
+        None => {
+            let from_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            (req.raw_path() != from_uri.as_bytes()).then(|| req.raw_path().to_vec())
+        }
+    };
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts: http::request::Parts = std::mem::replace(req, placeholder).into();
     if let Some(t) = &permit.normalized_target {
-        let uri = http::Uri::try_from(t.as_str()).map_err(|e| {
+        parts.uri = http::Uri::try_from(t.as_str()).map_err(|e| {
             pingora::Error::explain(pingora::ErrorType::InternalError, format!("normalized target: {e}"))
         })?;
-        req.set_uri(uri);
     }
+    let h = &mut parts.headers;
     let mut stripped = Vec::new();
-    let mut strip = |req: &mut RequestHeader, name: &str| {
-        if req.remove_header(name).is_some() && note {
-            stripped.push(name.to_string());
+    let mut strip = |h: &mut HeaderMap, name: &HeaderName| {
+        if h.remove(name).is_some() && note {
+            stripped.push(name.as_str().to_string());
         }
     };
     // Hop-by-hop headers the caller named in `Connection` (rare: parsed only when sent).
     let mut upgrade = false;
-    if req.headers.contains_key(http::header::CONNECTION) {
-        let mut named: Vec<String> = Vec::new();
-        for v in req.headers.get_all(http::header::CONNECTION).iter() {
+    if h.contains_key(http::header::CONNECTION) {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in h.get_all(http::header::CONNECTION).iter() {
             for tok in v.to_str().unwrap_or("").split(',') {
                 let t = tok.trim().to_ascii_lowercase();
                 if t == "upgrade" {
                     upgrade = true;
                 } else if !t.is_empty() && !KEEP.contains(&t.as_str()) {
-                    named.push(t);
+                    // A token that is no header name names nothing to remove.
+                    if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
+                        named.push(name);
+                    }
                 }
             }
         }
         for name in named {
-            strip(req, &name);
+            strip(h, &name);
         }
-        strip(req, "connection");
+        strip(h, &http::header::CONNECTION);
     }
-    // Every spelling of an identity header the caller sent (`x-auth-*`, `x_auth_*`, …).
-    let forged: Vec<String> = req.headers.keys().map(|n| n.as_str()).filter(|n| is_identity_header(n)).map(str::to_string).collect();
-    for name in forged {
-        strip(req, &name);
+    // Every spelling of an identity header the caller sent (`x-auth-*`, `x_auth_*`, …):
+    // looked for first, listed only when there is one (rare).
+    if h.keys().any(|n| is_identity_header(n.as_str())) {
+        let forged: Vec<HeaderName> = h.keys().filter(|n| is_identity_header(n.as_str())).cloned().collect();
+        for name in forged {
+            strip(h, &name);
+        }
     }
-    strip(req, "authorization");
-    strip(req, "x-api-key");
+    strip(h, &http::header::AUTHORIZATION);
+    strip(h, &X_API_KEY);
     // SPEC §5 step 8: an Upgrade only on a `websocket: true` route (after every check);
     // elsewhere it is removed, so the upstream cannot switch protocols under us.
-    let upgrade = upgrade && permit.upgrade && req.headers.contains_key(http::header::UPGRADE);
+    let upgrade = upgrade && permit.upgrade && h.contains_key(http::header::UPGRADE);
     if !permit.upgrade {
-        strip(req, "upgrade");
+        strip(h, &http::header::UPGRADE);
     }
+    h.try_reserve(ADDED).map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "too many headers"))?;
     if upgrade {
-        let _ = req.insert_header("connection", "upgrade");
+        h.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     // Every value kept byte for byte (none dropped for not being text), then the peer.
-    let mut xff: Vec<u8> = Vec::new();
-    for v in req.headers.get_all("x-forwarded-for").iter() {
-        xff.extend_from_slice(v.as_bytes());
-        xff.extend_from_slice(b", ");
-    }
-    xff.extend_from_slice(IpText::of(peer.to_canonical()).as_bytes());
-    req.insert_header("x-forwarded-for", xff)?;
+    let peer_text = IpText::of(peer.to_canonical());
+    let xff = {
+        let mut sent = h.get_all(&X_FORWARDED_FOR).iter().peekable();
+        if sent.peek().is_none() {
+            value(peer_text.as_bytes())?
+        } else {
+            let mut xff: Vec<u8> = Vec::new();
+            for v in sent {
+                xff.extend_from_slice(v.as_bytes());
+                xff.extend_from_slice(b", ");
+            }
+            xff.extend_from_slice(peer_text.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)).map_err(bad_value)?
+        }
+    };
+    h.insert(X_FORWARDED_FOR, xff);
     if let Some(id) = &permit.identity {
-        req.insert_header("x-auth-credential", id.credential.as_ref())?;
-        req.insert_header("x-auth-credential-type", http::HeaderValue::from_static(id.kind.as_str()))?;
+        h.insert(X_AUTH_CREDENTIAL, value(id.credential.as_bytes())?);
+        h.insert(X_AUTH_CREDENTIAL_TYPE, HeaderValue::from_static(id.kind.as_str()));
         if let Some(u) = &id.user {
-            req.insert_header("x-auth-user", u.as_ref())?;
+            h.insert(X_AUTH_USER, value(u.as_bytes())?);
         }
     }
-    req.insert_header("x-auth-client-ip", IpText::of(permit.client_ip).as_bytes())?;
-    req.insert_header("x-auth-request-id", request_id.header())?;
+    h.insert(X_AUTH_CLIENT_IP, value(IpText::of(permit.client_ip).as_bytes())?);
+    h.insert(X_AUTH_REQUEST_ID, request_id.header());
     if trace.started {
-        if req.remove_header("tracestate").is_some() && note {
+        if h.remove(&TRACESTATE).is_some() && note {
             stripped.push("tracestate".into());
         }
-        req.insert_header("traceparent", trace.header())?;
+        h.insert(TRACEPARENT, trace.header());
+    }
+    *req = RequestHeader::from(parts);
+    if let Some(raw) = raw_target {
+        req.set_raw_path(&raw)?;
+    }
+    if let Some(end) = send_end_stream {
+        req.set_send_end_stream(end);
     }
     Ok(stripped)
 }
 
-/// An address as text, formatted on the stack (a header value copies it once).
-struct IpText {
+fn value(bytes: &[u8]) -> pingora::Result<HeaderValue> {
+    HeaderValue::from_bytes(bytes).map_err(bad_value)
+}
+
+fn bad_value(e: http::header::InvalidHeaderValue) -> Box<pingora::Error> {
+    pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, format!("identity header: {e}"))
+}
+
+/// An address as text, formatted on the stack (a header value copies it once; the audit
+/// line too).
+pub(crate) struct IpText {
     buf: [u8; 48],
     len: usize,
 }
 
 impl IpText {
-    fn of(ip: IpAddr) -> Self {
+    pub(crate) fn of(ip: IpAddr) -> Self {
         let mut t = IpText { buf: [0; 48], len: 0 };
+        if let IpAddr::V4(v4) = ip {
+            // The common case, without the formatting machinery (four small numbers).
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    t.buf[t.len] = b'.';
+                    t.len += 1;
+                }
+                if octet >= 100 {
+                    t.buf[t.len] = b'0' + octet / 100;
+                    t.len += 1;
+                }
+                if octet >= 10 {
+                    t.buf[t.len] = b'0' + octet / 10 % 10;
+                    t.len += 1;
+                }
+                t.buf[t.len] = b'0' + octet % 10;
+                t.len += 1;
+            }
+            return t;
+        }
         let mut w = &mut t.buf[..];
         // 48 bytes hold the longest IPv6 text (45).
         let _ = write!(w, "{ip}");
@@ -131,7 +216,7 @@ impl IpText {
         t
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 }
@@ -139,6 +224,14 @@ impl IpText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_as_text() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "192.168.100.255", "255.255.255.255", "9.99.100.199", "::1", "2001:db8::8a2e:370:7334"] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::of(addr).as_bytes(), addr.to_string().as_bytes(), "{ip}");
+        }
+    }
 
     #[test]
     fn identity_header_spellings() {

@@ -75,12 +75,12 @@ pub fn check_target(target: &[u8]) -> Result<Cow<'_, str>, Rejection> {
     }
     // Segments after the leading '/'. A trailing '/' is allowed; '//' anywhere is not.
     let rest = &path[1..];
-    let segs: Vec<&[u8]> = rest.split(|b| *b == b'/').collect();
-    for (n, seg) in segs.iter().enumerate() {
-        if *seg == b"." || *seg == b".." {
+    let mut segs = rest.split(|b| *b == b'/').peekable();
+    while let Some(seg) = segs.next() {
+        if seg == b"." || seg == b".." {
             return Err(bad("the path contains a dot segment"));
         }
-        if seg.is_empty() && n + 1 < segs.len() {
+        if seg.is_empty() && segs.peek().is_some() {
             return Err(bad("the path contains an empty segment"));
         }
     }

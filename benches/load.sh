@@ -4,7 +4,9 @@
 # Environment: LOAD_PROXY_THREADS (default 1): worker threads of both proxies, the plain one
 # and portcullis (`threads:`), so that they are compared at the same thread count;
 # LOAD_WRK_THREADS (default 2); LOAD_BASE_PORT (default 18000); LOAD_AUDIT=off turns the
-# audit log off (RUST_LOG=warn) to measure what it costs.
+# audit log off (RUST_LOG=warn) to measure what it costs; LOAD_PIN=1 runs both proxies on
+# CPU 0 and wrk and the upstream on the others (taskset), so that each proxy has one core
+# of its own and its requests/s is what that core affords, whatever the scheduler does.
 #
 # On this machine, over loopback only, in one run: a fast upstream
 # (examples/fast_upstream.rs), then wrk against
@@ -13,8 +15,9 @@
 #      the API-key request and the Bearer request (it forwards the header unread),
 #   3. portcullis with an API key,
 #   4. portcullis with a Bearer token,
-# and prints requests/s and p50/p99 latency for each, with the ratios to the plain proxy
-# on the same request. The runs alternate in rounds (plain+key, key, plain+bearer, bearer,
+# and prints requests/s, p50/p99 latency and the serving process's CPU time per request
+# (user + system, from /proc) for each, with the ratios to the plain proxy on the same
+# request. The runs alternate in rounds (plain+key, key, plain+bearer, bearer,
 # …) and the median of the rounds is reported, so a drift of the shared machine hits all
 # alike.
 # Bounded: each run lasts the given seconds; everything is stopped on exit.
@@ -75,13 +78,18 @@ api_keys:
     expires: 2099-01-01
 YAML
 
-target/release/examples/fast_upstream "$UP" 2>/dev/null & pids+=($!)
-target/release/examples/plain_proxy "$PLAIN" "$UP" "$PTHREADS" >/dev/null 2>&1 & pids+=($!)
-if [ "${LOAD_AUDIT:-on}" = off ]; then
-  RUST_LOG=warn "$bin" serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
-else
-  "$bin" serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
+proxy_cpu=() load_cpu=()
+if [ "${LOAD_PIN:-0}" = 1 ]; then
+  proxy_cpu=(taskset -c 0) load_cpu=(taskset -c "1-$(($(nproc) - 1))")
 fi
+"${load_cpu[@]}" target/release/examples/fast_upstream "$UP" 2>/dev/null & pids+=($!); up_pid=$!
+"${proxy_cpu[@]}" target/release/examples/plain_proxy "$PLAIN" "$UP" "$PTHREADS" >/dev/null 2>&1 & pids+=($!); plain_pid=$!
+if [ "${LOAD_AUDIT:-on}" = off ]; then
+  RUST_LOG=warn "${proxy_cpu[@]}" "$bin" serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
+else
+  "${proxy_cpu[@]}" "$bin" serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
+fi
+pc_pid=$!
 for a in "$UP" "$PLAIN" "$PC"; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://$a/" && break; sleep 0.1; done
 done
@@ -95,27 +103,36 @@ done
 
 # to_ms VALUE: wrk prints 1.23ms / 850.00us / 1.02s
 to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v+0} else {sub(/s$/,"",v); print v*1000} }'; }
-run() { # name url [header]
-  local name=$1 url=$2 out
-  if [ $# -ge 3 ]; then out=$(wrk -t"$WTHREADS" -c"$CONNS" -d"${SECS}s" --latency -H "$3" "$url"); else out=$(wrk -t"$WTHREADS" -c"$CONNS" -d"${SECS}s" --latency "$url"); fi
-  local rps p50 p99 non2xx
+# cpu PID: the process's CPU time so far (user + system, all threads), in clock ticks.
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+run() { # name url pid [header]
+  local name=$1 url=$2 pid=$3 out c0 c1
+  c0=$(cpu "$pid")
+  if [ $# -ge 4 ]; then out=$("${load_cpu[@]}" wrk -t"$WTHREADS" -c"$CONNS" -d"${SECS}s" --latency -H "$4" "$url"); else out=$("${load_cpu[@]}" wrk -t"$WTHREADS" -c"$CONNS" -d"${SECS}s" --latency "$url"); fi
+  c1=$(cpu "$pid")
+  local rps p50 p99 non2xx n
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
   p99=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
   non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
-  echo "$name $rps $p50 $p99 ${non2xx:-0}"
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  # The serving process's CPU per request (µs): what the proxy costs, whatever else the
+  # shared machine does at the time.
+  echo "$name $rps $p50 $p99 ${non2xx:-0} $(awk -v d=$((c1 - c0)) -v t="$TICK" -v n="$n" 'BEGIN{printf "%.2f", d / t * 1e6 / n}')"
 }
-echo "wrk -t$WTHREADS -c$CONNS -d${SECS}s, proxy threads $PTHREADS, audit ${LOAD_AUDIT:-on}, loopback, $(nproc) cores, $ROUNDS rounds (median), $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "wrk -t$WTHREADS -c$CONNS -d${SECS}s, proxy threads $PTHREADS, audit ${LOAD_AUDIT:-on}, pinned ${LOAD_PIN:-0}, loopback, $(nproc) cores, $ROUNDS rounds (median), $(date -u +%Y-%m-%dT%H:%MZ)"
 # The plain proxy gets the same request as portcullis in each mode (it forwards the header
 # it does not read), so each ratio is the cost of the checks on the same bytes.
 results=()
-results+=("$(run upstream "http://$UP$path")")
+results+=("$(run upstream "http://$UP$path" "$up_pid")")
 for _ in $(seq 1 "$ROUNDS"); do
-  results+=("$(run plain_proxy_key_hdr "http://$PLAIN$path" "x-api-key: $key")")
-  results+=("$(run portcullis_api_key "http://$PC$path" "x-api-key: $key")")
-  results+=("$(run plain_proxy_bearer_hdr "http://$PLAIN$path" "Authorization: Bearer $token")")
-  results+=("$(run portcullis_bearer "http://$PC$path" "Authorization: Bearer $token")")
+  results+=("$(run plain_proxy_key_hdr "http://$PLAIN$path" "$plain_pid" "x-api-key: $key")")
+  results+=("$(run portcullis_api_key "http://$PC$path" "$pc_pid" "x-api-key: $key")")
+  results+=("$(run plain_proxy_bearer_hdr "http://$PLAIN$path" "$plain_pid" "Authorization: Bearer $token")")
+  results+=("$(run portcullis_bearer "http://$PC$path" "$pc_pid" "Authorization: Bearer $token")")
 done
+[ -n "${LOAD_RAW:-}" ] && printf "%s\n" "${results[@]}" >&2
 printf '%s\n' "${results[@]}" | awk '
   function median(list,   n, a, i, j, t) {
     n = split(list, a, " ")
@@ -123,12 +140,12 @@ printf '%s\n' "${results[@]}" | awk '
     return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
   }
   { if (!($1 in seen)) { seen[$1] = 1; order[++k] = $1 }
-    rps[$1] = rps[$1] " " $2; p50[$1] = p50[$1] " " $3; p99[$1] = p99[$1] " " $4; bad[$1] += $5 }
+    rps[$1] = rps[$1] " " $2; p50[$1] = p50[$1] " " $3; p99[$1] = p99[$1] " " $4; bad[$1] += $5; cpu[$1] = cpu[$1] " " $6 }
   END {
     # Each portcullis mode against the plain proxy given the same header; the rest against
     # the plain proxy with the API key header.
     base["portcullis_bearer"] = "plain_proxy_bearer_hdr"; base["plain_proxy_bearer_hdr"] = "plain_proxy_bearer_hdr"
-    printf "%-24s %12s %9s %9s %8s %10s %10s\n", "target", "req/s", "p50 ms", "p99 ms", "non-2xx", "rps/plain", "p99/plain"
+    printf "%-24s %12s %9s %9s %8s %10s %10s %10s %10s\n", "target", "req/s", "p50 ms", "p99 ms", "non-2xx", "rps/plain", "p99/plain", "cpu us/req", "cpu/plain"
     for (i = 1; i <= k; i++) { n = order[i]; b = (n in base) ? base[n] : "plain_proxy_key_hdr"
-      printf "%-24s %12.0f %9.3f %9.3f %8d %10.3f %10.3f\n", n, median(rps[n]), median(p50[n]), median(p99[n]), bad[n], median(rps[n]) / median(rps[b]), median(p99[n]) / median(p99[b]) }
+      printf "%-24s %12.0f %9.3f %9.3f %8d %10.3f %10.3f %10.2f %10.3f\n", n, median(rps[n]), median(p50[n]), median(p99[n]), bad[n], median(rps[n]) / median(rps[b]), median(p99[n]) / median(p99[b]), median(cpu[n]), median(cpu[n]) / median(cpu[b]) }
   }'

@@ -104,7 +104,14 @@ impl Reloader {
     /// The fingerprint is taken *before* the load, so a write that lands during the
     /// load makes the next check differ and load again: a change is never skipped.
     fn attempt(&self, state: &mut State, trigger: Trigger, fingerprint: [u8; 32]) -> ReloadResult {
+        let before = self.shared.load_full();
         let result = reload_now(&self.config_path, &self.shared, trigger, config::unix_now());
+        // The replaced snapshot is freed here, once the requests that began with it are
+        // done (a bounded wait: a WebSocket can hold it for hours): freed by the last
+        // request on a proxy worker, its heap stayed resident in that worker's arena.
+        if matches!(result, ReloadResult::Applied { .. }) {
+            drop_when_unused(before, RELEASE_WAIT);
+        }
         // The load's (and the replaced snapshot's) freed heap back to the system.
         config::release_freed_memory();
         // A failure that is not the files' fault (DNS) is retried at the next poll even
@@ -243,3 +250,15 @@ pub(super) fn relevance(event: &notify::Result<notify::Event>, watch: &WatchSet)
 
 // ---------------------------------------------------------------------------------
 // The background service.
+
+/// How long a reload waits for the requests still using the replaced snapshot.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Drops `snap` once nothing else holds it, or after `within` (then whoever holds it last
+/// frees it).
+fn drop_when_unused(snap: std::sync::Arc<config::Snapshot>, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while std::sync::Arc::strong_count(&snap) > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

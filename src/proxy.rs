@@ -151,9 +151,7 @@ const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-
 /// canonical case, as the upstream's names reach the upstream's peer through Envoy.
 fn add_request_id(resp: &mut ResponseHeader, id: &RequestId) -> Result<()> {
     // A reason phrase of the upstream's own (not the status's standard one) is kept.
-    let reason = (resp.get_reason_phrase() != resp.status.canonical_reason())
-        .then(|| resp.get_reason_phrase().map(str::to_owned))
-        .flatten();
+    let reason = resp.get_reason_phrase().filter(|r| Some(*r) != resp.status.canonical_reason()).map(str::to_owned);
     let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts: http::response::Parts = std::mem::replace(resp, placeholder).into();
     parts.headers.insert(X_REQUEST_ID, id.header());

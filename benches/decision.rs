@@ -69,7 +69,7 @@ fn bench_api_key(c: &mut Criterion) {
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", HeaderValue::from_str(&key).expect("hv"));
         let target = format!("/v1/vaults/v-{}/balances", (creds / 2) % 100);
-        let view = RequestView { method: &Method::GET, target: target.as_bytes(), headers: &headers, peer: "127.0.0.1".parse().expect("ip") };
+        let view = RequestView { method: &Method::GET, target: target.as_bytes(), headers: &headers, peer: "127.0.0.1".parse().expect("ip"), checked_path: None };
         assert!(decide(&snap, &view, NOW).result.is_ok());
         g.bench_function(BenchmarkId::from_parameter(format!("{creds}x{routes}")), |b| {
             b.iter(|| black_box(decide(black_box(&snap), black_box(&view), NOW)))
@@ -107,7 +107,7 @@ fn bench_bearer(c: &mut Criterion) {
         let tok = format!("Bearer {}", token_for(&snap));
         let mut headers = HeaderMap::new();
         headers.insert("authorization", HeaderValue::from_str(&tok).expect("hv"));
-        let view = RequestView { method: &Method::GET, target: b"/v1/vaults/v-7/balances", headers: &headers, peer: "127.0.0.1".parse().expect("ip") };
+        let view = RequestView { method: &Method::GET, target: b"/v1/vaults/v-7/balances", headers: &headers, peer: "127.0.0.1".parse().expect("ip"), checked_path: None };
         assert!(decide(&snap, &view, NOW).result.is_ok(), "{:?}", decide(&snap, &view, NOW).result);
         cached.bench_function(BenchmarkId::from_parameter(format!("{creds}x10")), |b| {
             b.iter(|| black_box(decide(black_box(&snap), black_box(&view), NOW)))

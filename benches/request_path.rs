@@ -95,7 +95,7 @@ fn bench(c: &mut Criterion) {
     headers.insert("host", HeaderValue::from_static("127.0.0.1:18002"));
     headers.insert("x-api-key", HeaderValue::from_static(KEY));
     let peer = "127.0.0.1".parse().expect("ip");
-    let view = RequestView { method: &Method::GET, target: b"/v1/vaults/v-1/balances", headers: &headers, peer };
+    let view = RequestView { method: &Method::GET, target: b"/v1/vaults/v-1/balances", headers: &headers, peer, checked_path: None };
     let decision = decide(&snap, &view, NOW);
     let permit = decision.result.clone().expect("the fixture's request is allowed");
     let trace_ctx = trace::start();

@@ -85,7 +85,7 @@ pub struct LastUsed {
     /// The state file; `None` keeps the times in memory only.
     path: Option<PathBuf>,
     /// Unix seconds, by credential name.
-    times: DashMap<Arc<str>, AtomicI64>,
+    times: DashMap<Arc<str>, AtomicI64, foldhash::fast::RandomState>,
     /// A time changed (or an entry went) since the last write.
     dirty: AtomicBool,
     /// One write at a time: the periodic flush and the one at shutdown share a temp file.
@@ -158,7 +158,7 @@ impl LastUsed {
     fn with_path(path: Option<PathBuf>) -> LastUsed {
         LastUsed {
             path,
-            times: DashMap::new(),
+            times: DashMap::default(),
             dirty: AtomicBool::new(false),
             writing: Mutex::new(()),
             failing: AtomicBool::new(false),

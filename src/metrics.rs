@@ -37,17 +37,17 @@
 //! credentials and off above, unless `metrics.per_credential` says otherwise: 100,000
 //! credentials would mean hundreds of thousands of series on every scrape of every pod.
 //! Expiry alerting then works from `credentials_expiring` and the soonest expiry.
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
-use crate::config::{unix_now, Credential, CredentialKind, Snapshot};
+use crate::config::{unix_now, Credential, CredentialKind, FastMap, Snapshot};
 use crate::rejection::Reason;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
@@ -168,6 +168,24 @@ fn auth_kind(kind: Option<CredentialKind>) -> &'static str {
     kind.map_or("none", CredentialKind::as_str)
 }
 
+/// The index of `kind` in [`Metrics::auth_by_kind`].
+fn auth_kind_index(kind: Option<CredentialKind>) -> usize {
+    match kind {
+        None => 0,
+        Some(CredentialKind::Client) => 1,
+        Some(CredentialKind::ApiKey) => 2,
+        Some(CredentialKind::External) => 3,
+    }
+}
+
+/// The index of [`status_class`]'s answer.
+fn status_class_index(status: u16) -> u8 {
+    match status {
+        100..=599 => (status / 100) as u8,
+        _ => 0,
+    }
+}
+
 /// `2xx`…`5xx`; `none` when no response was sent.
 fn status_class(status: u16) -> &'static str {
     match status {
@@ -196,14 +214,74 @@ struct KnownCredential {
 /// so there is no second copy that could disagree with it. Built once per snapshot
 /// ([`Metrics::labels`]), with the last-use gauges pre-resolved.
 ///
-/// Could also cache the `requests_total` and `request_duration_seconds` children per
-/// route (and per route × credential, if that product stays small).
+/// The children of `requests_total` and `request_duration_seconds` a request uses are
+/// kept per thread ([`Handles`]), keyed by these label values' addresses.
 #[derive(Default)]
 pub struct Labels {
-    routes: HashSet<Arc<str>>,
-    credentials: HashMap<Arc<str>, KnownCredential>,
+    /// Which labels these are, for [`Handles`] (0: none in force).
+    id: u64,
+    routes: std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>,
+    credentials: FastMap<Arc<str>, KnownCredential>,
     /// Per-credential series and label values are kept.
     per_credential: bool,
+}
+
+/// A new [`Labels::id`] or [`Metrics`] id: unique in the process.
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The metric children this thread used last (issue 15): `with_label_values` hashes every
+/// label value and takes the family's lock on each call, three times a request. A slot
+/// is keyed by the addresses of the label values, which are the [`Labels`]' own strings
+/// (or the static [`NONE`]): unique while those labels live, and the whole table is
+/// emptied when a request comes with other labels (a reload) or another [`Metrics`].
+struct Handles {
+    /// ([`Metrics`] id, [`Labels::id`]) the slots belong to.
+    epoch: (u64, u64),
+    /// `requests_total` by (route, credential, outcome, status class).
+    requests: [Option<((usize, usize, u8, u8), IntCounter)>; 64],
+    /// `request_duration_seconds` by route.
+    durations: [Option<(usize, Histogram)>; 16],
+}
+
+impl Handles {
+    const fn new() -> Self {
+        Handles { epoch: (0, 0), requests: [const { None }; 64], durations: [const { None }; 16] }
+    }
+
+    fn enter(&mut self, epoch: (u64, u64)) {
+        if self.epoch != epoch {
+            *self = Handles::new();
+            self.epoch = epoch;
+        }
+    }
+
+    fn slot(key: usize, bits: u32) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> (usize::BITS - bits)) as usize
+    }
+
+    fn request(&mut self, key: (usize, usize, u8, u8), make: impl FnOnce() -> IntCounter) -> &IntCounter {
+        let mixed = key.0 ^ key.1.rotate_left(29) ^ (usize::from(key.2) << 3 | usize::from(key.3));
+        let slot = &mut self.requests[Self::slot(mixed, 6)];
+        if !matches!(slot, Some((k, _)) if *k == key) {
+            *slot = Some((key, make()));
+        }
+        &slot.as_ref().expect("just filled").1
+    }
+
+    fn duration(&mut self, route: usize, make: impl FnOnce() -> Histogram) -> &Histogram {
+        let slot = &mut self.durations[Self::slot(route, 4)];
+        if !matches!(slot, Some((k, _)) if *k == route) {
+            *slot = Some((route, make()));
+        }
+        &slot.as_ref().expect("just filled").1
+    }
+}
+
+thread_local! {
+    static HANDLES: RefCell<Handles> = const { RefCell::new(Handles::new()) };
 }
 
 impl std::fmt::Debug for Labels {
@@ -223,10 +301,13 @@ struct InForce {
 /// All portcullis metrics, in their own registry. Cheap to share behind an `Arc`; every
 /// method takes `&self`.
 pub struct Metrics {
+    /// Tells this registry's children apart in [`Handles`].
+    id: u64,
     registry: Registry,
     requests: IntCounterVec,
     request_duration: HistogramVec,
-    auth_duration: HistogramVec,
+    /// `auth_duration_seconds`'s children, by [`auth_kind_index`].
+    auth_by_kind: [Histogram; 4],
     /// One counter per denial reason (the 4xx codes of [`Reason::ALL`]).
     denials: Vec<(Reason, IntCounter)>,
     /// Like `denials`, for shadow mode.
@@ -465,7 +546,11 @@ impl Metrics {
         ] {
             auth_duration.with_label_values(&[auth_kind(kind)]);
         }
+        let auth_by_kind = [None, Some(CredentialKind::Client), Some(CredentialKind::ApiKey), Some(CredentialKind::External)]
+            .map(|k| auth_duration.with_label_values(&[auth_kind(k)]));
         Metrics {
+            id: next_id(),
+            auth_by_kind,
             upstream_unavailable: upstream_errors.with_label_values(&["unavailable"]),
             upstream_timeout: upstream_errors.with_label_values(&["timeout"]),
             reloads_success: reloads.with_label_values(&["success"]),
@@ -473,7 +558,6 @@ impl Metrics {
             registry: r,
             requests,
             request_duration,
-            auth_duration,
             denials,
             shadow_denials,
             tokens_issued,
@@ -542,12 +626,12 @@ impl Metrics {
     pub fn labels<'s>(&self, snap: &'s Snapshot) -> &'s Arc<Labels> {
         snap.metric_labels.get_or_init(|| {
             let per_credential = snap.settings.per_credential_metrics.unwrap_or(snap.credentials.all.len() <= PER_CREDENTIAL_AUTO_LIMIT);
-            let mut credentials = HashMap::with_capacity(snap.credentials.all.len());
+            let mut credentials = FastMap::with_capacity_and_hasher(snap.credentials.all.len(), Default::default());
             for c in &snap.credentials.all {
                 credentials.insert(c.id.clone(), self.known(c, per_credential));
             }
             let routes = snap.routes.routes.iter().map(|r| r.id.clone()).collect();
-            Arc::new(Labels { routes, credentials, per_credential })
+            Arc::new(Labels { id: next_id(), routes, credentials, per_credential })
         })
     }
 
@@ -580,7 +664,7 @@ impl Metrics {
                 credentials.insert(c.id.clone(), self.known(c, prev.per_credential));
             }
         }
-        let _ = new.metric_labels.set(Arc::new(Labels { routes: prev.routes.clone(), credentials, per_credential: prev.per_credential }));
+        let _ = new.metric_labels.set(Arc::new(Labels { id: next_id(), routes: prev.routes.clone(), credentials, per_credential: prev.per_credential }));
     }
 
     /// A reload attempt finished: counts it by result and records whether it succeeded;
@@ -619,9 +703,12 @@ impl Metrics {
             _ => None,
         };
         let credential = known.filter(|_| labels.per_credential).map_or(NONE, |(name, _)| name.as_ref());
-        self.request_duration
-            .with_label_values(&[route])
-            .observe(r.duration.as_secs_f64());
+        let epoch = (self.id, labels.id);
+        let route_key = route.as_ptr() as usize;
+        HANDLES.with_borrow_mut(|h| {
+            h.enter(epoch);
+            h.duration(route_key, || self.request_duration.with_label_values(&[route])).observe(r.duration.as_secs_f64());
+        });
         if let Some(reason) = r.reason {
             match reason {
                 Reason::UpstreamUnavailable => self.upstream_unavailable.inc(),
@@ -644,17 +731,20 @@ impl Metrics {
             }
         }
         // Last: a scrape that sees the request counted sees all of its other effects.
-        self.requests
-            .with_label_values(&[route, credential, r.outcome.as_str(), status_class(r.status)])
+        let key = (route_key, credential.as_ptr() as usize, r.outcome as u8, status_class_index(r.status));
+        HANDLES.with_borrow_mut(|h| {
+            h.enter(epoch);
+            h.request(key, || {
+                self.requests.with_label_values(&[route, credential, r.outcome.as_str(), status_class(r.status)])
+            })
             .inc();
+        });
     }
 
     /// Records the time spent deciding one request; `kind` is the kind of the credential
     /// that authenticated, `None` if none did.
     pub fn observe_auth(&self, kind: Option<CredentialKind>, elapsed: Duration) {
-        self.auth_duration
-            .with_label_values(&[auth_kind(kind)])
-            .observe(elapsed.as_secs_f64());
+        self.auth_by_kind[auth_kind_index(kind)].observe(elapsed.as_secs_f64());
     }
 
     /// The token endpoint issued a token to `client` (the configured client id) at `now`:

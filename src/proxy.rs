@@ -288,7 +288,7 @@ impl Portcullis {
             }
         }
         let req = session.req_header();
-        let xff = req.headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
+        let xff = req.headers.get_all(pipeline::rewrite::X_FORWARDED_FOR).iter().map(|v| v.as_bytes());
         let client_ip = client_ip::client_ip(peer, xff, &ctx.snap.settings);
         *ip = Some(client_ip);
         let rid = ctx.request_id.as_str();
@@ -349,11 +349,10 @@ impl ProxyHttp for Portcullis {
         // Our own endpoints are recognised on the normalized path, as routes are: a
         // `/oauth/%74oken` must not slip past the token endpoint to the upstream. CONNECT
         // and malformed targets go to `decide`, which refuses them.
-        if req.method != http::Method::CONNECT {
-            if let Ok(path) = pipeline::sanity::check_target(target) {
-                if let Some(which) = endpoint::which(&ctx.snap, &req.method, path.as_bytes()) {
-                    return self.own_endpoint(session, ctx, which, peer).await;
-                }
+        let checked = if req.method != http::Method::CONNECT { pipeline::sanity::check_target(target).ok() } else { None };
+        if let Some(path) = &checked {
+            if let Some(which) = endpoint::which(&ctx.snap, &req.method, path.as_bytes()) {
+                return self.own_endpoint(session, ctx, which, peer).await;
             }
         }
         // RFC 9112 §3.2: one well-formed Host, required on HTTP/1.1 (SPEC §5 step 2).
@@ -367,6 +366,7 @@ impl ProxyHttp for Portcullis {
             target,
             headers: &req.headers,
             peer,
+            checked_path: checked.as_ref(),
         };
         let started = Instant::now();
         let now = unix_now();

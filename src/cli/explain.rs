@@ -196,7 +196,7 @@ pub fn explain(args: &Args, out: &mut dyn Write) -> Result<i32, String> {
                 let _ = write!(t, "; route mode {}", mode_label(mode));
             }
             step(&mut s, 2, "route", t);
-            need = req.map(|r| (r, m.vault.clone(), m.key.clone()));
+            need = req.map(|r| (r, m.vault.as_deref().map(str::to_string), m.key.as_deref().map(str::to_string)));
         }
     }
     let public = matched.as_ref().is_some_and(|m| m.route.public);
@@ -509,6 +509,7 @@ fn decide_with(
         target: target.as_bytes(),
         headers,
         peer: ip,
+        checked_path: None,
     };
     let d = pipeline::decide(snap, &view, now);
     match (d.result, d.shadow_denied) {

@@ -1,5 +1,10 @@
 //! The validated, immutable model a request reads: built once per load, never mutated.
 use std::collections::HashMap;
+
+/// A map with foldhash (hashbrown's default hasher) instead of SipHash: the maps looked up
+/// on every request and filled for every credential of a snapshot (issue 15). Their keys
+/// come from the configuration; a request only looks up, so it cannot flood a table.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -207,10 +212,10 @@ pub struct Credential {
 /// One shared allocation per distinct value while a store is built (see [`Credential`]).
 #[derive(Default)]
 pub struct Interner {
-    strs: HashMap<Box<str>, Arc<str>>,
-    roles: HashMap<Vec<Arc<str>>, Arc<[Arc<str>]>>,
-    grants: HashMap<Vec<Permission>, Arc<[Permission]>>,
-    nets: HashMap<Vec<IpNet>, Arc<[IpNet]>>,
+    strs: FastMap<Box<str>, Arc<str>>,
+    roles: FastMap<Vec<Arc<str>>, Arc<[Arc<str>]>>,
+    grants: FastMap<Vec<Permission>, Arc<[Permission]>>,
+    nets: FastMap<Vec<IpNet>, Arc<[IpNet]>>,
 }
 
 impl Interner {
@@ -269,14 +274,14 @@ impl Credential {
 /// All credentials, indexed for O(1) lookup.
 #[derive(Debug, Default, Clone)]
 pub struct CredentialStore {
-    pub by_key_hash: HashMap<[u8; 32], Arc<Credential>>,
+    pub by_key_hash: FastMap<[u8; 32], Arc<Credential>>,
     /// Key hashes replaced by `credentials rotate --overlap`: the key they belong to, and
     /// the unix time from which they no longer work.
-    pub previous_key_hashes: HashMap<[u8; 32], (Arc<Credential>, i64)>,
+    pub previous_key_hashes: FastMap<[u8; 32], (Arc<Credential>, i64)>,
     /// Client secret hashes replaced by `credentials rotate --overlap`, by client id, each
     /// with the unix time from which it no longer works.
     pub previous_secrets: HashMap<Arc<str>, Vec<(SecretHash, i64)>>,
-    pub clients: HashMap<Arc<str>, Arc<Credential>>,
+    pub clients: FastMap<Arc<str>, Arc<Credential>>,
     /// Every credential in file order (clients, then keys).
     pub all: Vec<Arc<Credential>>,
     pub users: Vec<String>,
@@ -334,8 +339,9 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub struct RouteMatch<'a> {
     pub route: &'a Route,
-    pub vault: Option<String>,
-    pub key: Option<String>,
+    /// The target ids, percent-decoded; borrowed from the path when nothing was encoded.
+    pub vault: Option<std::borrow::Cow<'a, str>>,
+    pub key: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl RouteMatch<'_> {
@@ -351,27 +357,25 @@ impl RouteMatch<'_> {
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
     pub routes: Vec<Route>,
-    pub by_method: HashMap<http::Method, matchit::Router<usize>>,
+    pub by_method: FastMap<http::Method, matchit::Router<usize>>,
     pub any_method: matchit::Router<usize>,
 }
 
 impl RouteTable {
     /// The route for `method` and `path` (no query), method-specific routes first.
     /// `None` when no route matches, or a target id does not decode to UTF-8.
-    pub fn lookup(&self, method: &http::Method, path: &str) -> Option<RouteMatch<'_>> {
+    pub fn lookup<'a>(&'a self, method: &http::Method, path: &'a str) -> Option<RouteMatch<'a>> {
         let found = self
             .by_method
             .get(method)
             .and_then(|r| r.at(path).ok())
             .or_else(|| self.any_method.at(path).ok())?;
         let route = self.routes.get(*found.value)?;
-        let decode = |name: &str| -> Result<Option<String>, ()> {
-            match found.params.get(name) {
+        let params = found.params;
+        let decode = |name: &str| -> Result<Option<std::borrow::Cow<'a, str>>, ()> {
+            match params.get(name) {
                 None => Ok(None),
-                Some(raw) => percent_encoding::percent_decode_str(raw)
-                    .decode_utf8()
-                    .map(|c| Some(c.into_owned()))
-                    .map_err(|_| ()),
+                Some(raw) => percent_encoding::percent_decode_str(raw).decode_utf8().map(Some).map_err(|_| ()),
             }
         };
         let vault = decode(&route.vault_param).ok()?;

@@ -47,6 +47,9 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// The TCP peer.
     pub peer: IpAddr,
+    /// `target`'s path as [`sanity::check_target`] returned it, when the caller already
+    /// checked it (the proxy does, to find its own endpoints): not checked twice.
+    pub checked_path: Option<&'a std::borrow::Cow<'a, str>>,
 }
 
 /// What was decided, and what was learned on the way (for the audit log and metrics).
@@ -118,16 +121,24 @@ fn decide_enforced(snap: &Snapshot, req: &RequestView<'_>, now: i64) -> Decision
         let r = Rejection::new(Reason::MethodNotAllowed, "CONNECT is not allowed: this proxy opens no tunnels");
         return Decision::deny(r, None, None, None);
     }
-    let path = match sanity::check_target(req.target) {
-        Ok(p) => p,
-        Err(r) => return Decision::deny(r, None, None, None),
+    let path = match req.checked_path {
+        Some(p) => p.clone(),
+        None => match sanity::check_target(req.target) {
+            Ok(p) => p,
+            Err(r) => return Decision::deny(r, None, None, None),
+        },
     };
     let presented = match sanity::check_headers(req.headers) {
         Ok(p) => p,
         Err(r) => return Decision::deny(r, None, None, None),
     };
-    let xff = req.headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
-    let client_ip = client_ip::client_ip(req.peer, xff, &snap.settings);
+    // `X-Forwarded-For` is read only from a trusted proxy: looked up only then.
+    let client_ip = if snap.settings.is_trusted_proxy(req.peer.to_canonical()) {
+        let xff = req.headers.get_all(rewrite::X_FORWARDED_FOR).iter().map(|v| v.as_bytes());
+        client_ip::client_ip(req.peer, xff, &snap.settings)
+    } else {
+        req.peer.to_canonical()
+    };
     let matched = snap.routes.lookup(req.method, &path);
     let route_id = matched.as_ref().map(|m| m.route.id.clone());
     let route_mode = matched.as_ref().and_then(|m| m.route.mode);

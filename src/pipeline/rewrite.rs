@@ -27,15 +27,15 @@ pub fn is_identity_header(name: &str) -> bool {
 const KEEP: [&str; 3] = ["host", "content-length", "transfer-encoding"];
 
 /// The names we set, parsed once (at compile time) rather than on every request.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_AUTH_CREDENTIAL: HeaderName = HeaderName::from_static("x-auth-credential");
 const X_AUTH_CREDENTIAL_TYPE: HeaderName = HeaderName::from_static("x-auth-credential-type");
 const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
 const X_AUTH_CLIENT_IP: HeaderName = HeaderName::from_static("x-auth-client-ip");
 const X_AUTH_REQUEST_ID: HeaderName = HeaderName::from_static("x-auth-request-id");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+pub(crate) const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The most headers [`rewrite`] adds: forwarded-for, four or five identity headers,
 /// `traceparent`, `connection`.
@@ -87,9 +87,30 @@ pub fn rewrite(
             stripped.push(name.as_str().to_string());
         }
     };
+    // One pass over the names finds which of the headers removed or read below are there
+    // at all (issue 15): a request carries few of them, and a lookup hashes the name.
+    // Nothing is added to the map before the removals, so what is absent stays absent.
+    let mut has = Present::default();
+    for name in h.keys() {
+        if *name == http::header::CONNECTION {
+            has.connection = true;
+        } else if *name == http::header::AUTHORIZATION {
+            has.authorization = true;
+        } else if *name == http::header::UPGRADE {
+            has.upgrade = true;
+        } else if *name == X_API_KEY {
+            has.api_key = true;
+        } else if *name == X_FORWARDED_FOR {
+            has.forwarded_for = true;
+        } else if *name == TRACESTATE {
+            has.tracestate = true;
+        } else if is_identity_header(name.as_str()) {
+            has.identity = true;
+        }
+    }
     // Hop-by-hop headers the caller named in `Connection` (rare: parsed only when sent).
     let mut upgrade = false;
-    if h.contains_key(http::header::CONNECTION) {
+    if has.connection {
         let mut named: Vec<HeaderName> = Vec::new();
         for v in h.get_all(http::header::CONNECTION).iter() {
             for tok in v.to_str().unwrap_or("").split(',') {
@@ -111,18 +132,24 @@ pub fn rewrite(
     }
     // Every spelling of an identity header the caller sent (`x-auth-*`, `x_auth_*`, …):
     // looked for first, listed only when there is one (rare).
-    if h.keys().any(|n| is_identity_header(n.as_str())) {
+    if has.identity {
         let forged: Vec<HeaderName> = h.keys().filter(|n| is_identity_header(n.as_str())).cloned().collect();
         for name in forged {
             strip(h, &name);
         }
     }
-    strip(h, &http::header::AUTHORIZATION);
-    strip(h, &X_API_KEY);
+    // A name the caller listed in `Connection` may have gone with it: removing it again
+    // finds nothing.
+    if has.authorization {
+        strip(h, &http::header::AUTHORIZATION);
+    }
+    if has.api_key {
+        strip(h, &X_API_KEY);
+    }
     // SPEC §5 step 8: an Upgrade only on a `websocket: true` route (after every check);
     // elsewhere it is removed, so the upstream cannot switch protocols under us.
-    let upgrade = upgrade && permit.upgrade && h.contains_key(http::header::UPGRADE);
-    if !permit.upgrade {
+    let upgrade = upgrade && permit.upgrade && has.upgrade && h.contains_key(http::header::UPGRADE);
+    if !permit.upgrade && has.upgrade {
         strip(h, &http::header::UPGRADE);
     }
     h.try_reserve(ADDED).map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "too many headers"))?;
@@ -131,19 +158,16 @@ pub fn rewrite(
     }
     // Every value kept byte for byte (none dropped for not being text), then the peer.
     let peer_text = IpText::of(peer.to_canonical());
-    let xff = {
-        let mut sent = h.get_all(&X_FORWARDED_FOR).iter().peekable();
-        if sent.peek().is_none() {
-            value(peer_text.as_bytes())?
-        } else {
-            let mut xff: Vec<u8> = Vec::new();
-            for v in sent {
-                xff.extend_from_slice(v.as_bytes());
-                xff.extend_from_slice(b", ");
-            }
-            xff.extend_from_slice(peer_text.as_bytes());
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)).map_err(bad_value)?
+    let xff = if has.forwarded_for {
+        let mut xff: Vec<u8> = Vec::new();
+        for v in h.get_all(&X_FORWARDED_FOR) {
+            xff.extend_from_slice(v.as_bytes());
+            xff.extend_from_slice(b", ");
         }
+        xff.extend_from_slice(peer_text.as_bytes());
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)).map_err(bad_value)?
+    } else {
+        value(peer_text.as_bytes())?
     };
     h.insert(X_FORWARDED_FOR, xff);
     if let Some(id) = &permit.identity {
@@ -156,7 +180,7 @@ pub fn rewrite(
     h.insert(X_AUTH_CLIENT_IP, value(IpText::of(permit.client_ip).as_bytes())?);
     h.insert(X_AUTH_REQUEST_ID, request_id.header());
     if trace.started {
-        if h.remove(&TRACESTATE).is_some() && note {
+        if has.tracestate && h.remove(&TRACESTATE).is_some() && note {
             stripped.push("tracestate".into());
         }
         h.insert(TRACEPARENT, trace.header());
@@ -169,6 +193,19 @@ pub fn rewrite(
         req.set_send_end_stream(end);
     }
     Ok(stripped)
+}
+
+/// Which of the names [`rewrite`] removes or reads the request has.
+#[derive(Default)]
+struct Present {
+    connection: bool,
+    authorization: bool,
+    upgrade: bool,
+    api_key: bool,
+    forwarded_for: bool,
+    tracestate: bool,
+    /// Some `x-auth-*` spelling.
+    identity: bool,
 }
 
 fn value(bytes: &[u8]) -> pingora::Result<HeaderValue> {

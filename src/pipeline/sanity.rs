@@ -182,17 +182,26 @@ pub enum Presented<'a> {
 pub fn check_headers(headers: &HeaderMap) -> Result<Presented<'_>, Rejection> {
     // Also `X_HTTP_Method_Override` and `x.http.method.override`: CGI-style servers read
     // `_` (and some `.`) as `-`, as the identity-header stripping assumes too.
-    if headers.keys().any(|k| is_method_override(k.as_str())) {
+    // One pass over the names and values (issue 15), not a hashed lookup per name.
+    let (mut override_sent, mut a1, mut a2, mut k1, mut k2) = (false, None, false, None, false);
+    for (name, value) in headers {
+        if *name == http::header::AUTHORIZATION {
+            a2 |= a1.is_some();
+            a1 = a1.or(Some(value));
+        } else if *name == super::rewrite::X_API_KEY {
+            k2 |= k1.is_some();
+            k1 = k1.or(Some(value));
+        } else if is_method_override(name.as_str()) {
+            override_sent = true;
+        }
+    }
+    if override_sent {
         return Err(bad("method-override headers are not accepted"));
     }
-    let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
-    let mut keys = headers.get_all("x-api-key").iter();
-    let (a1, a2) = (auth.next(), auth.next());
-    let (k1, k2) = (keys.next(), keys.next());
-    if a2.is_some() {
+    if a2 {
         return Err(bad("more than one Authorization header"));
     }
-    if k2.is_some() {
+    if k2 {
         return Err(bad("more than one x-api-key header"));
     }
     match (a1, k1) {

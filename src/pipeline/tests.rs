@@ -37,7 +37,7 @@ fn run(snap: &Snapshot, method: Method, target: &str, key: Option<&str>, peer: &
         headers.insert("x-api-key", HeaderValue::from_str(k).unwrap());
     }
     let peer: IpAddr = peer.parse().unwrap();
-    decide(snap, &RequestView { method: &method, target: target.as_bytes(), headers: &headers, peer }, 1_000)
+    decide(snap, &RequestView { method: &method, target: target.as_bytes(), headers: &headers, peer, checked_path: None }, 1_000)
 }
 
 fn reason(d: &Decision) -> Reason {

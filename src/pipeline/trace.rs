@@ -78,7 +78,7 @@ pub fn parse(value: &[u8]) -> Option<TraceContext> {
 /// new one, started here (random ids, flagged `sampled`: the audit line records it, and an
 /// upstream with a parent-based sampler then traces the request too).
 pub fn from_headers(headers: &http::HeaderMap) -> TraceContext {
-    let mut values = headers.get_all("traceparent").iter();
+    let mut values = headers.get_all(super::rewrite::TRACEPARENT).iter();
     match (values.next(), values.next()) {
         (Some(v), None) => parse(v.as_bytes()).unwrap_or_else(start),
         _ => start(),

@@ -32,6 +32,52 @@ fn decodes(b: u8) -> bool {
 /// Percent-encoded `A–Z a–z 0–9 - _ ~` are decoded (`/v1/%76aults` is `/v1/vaults`), so
 /// the route matched is the one the upstream serves; the result borrows when nothing was.
 pub fn check_target(target: &[u8]) -> Result<Cow<'_, str>, Rejection> {
+    match plain_path(target) {
+        Some(path) => Ok(Cow::Borrowed(path)),
+        None => check_target_whole(target),
+    }
+}
+
+/// The path of an ordinary target, found in one pass (issue 15: the checks of
+/// [`check_target_whole`] are one pass each): visible ASCII without `#`, no `%` or `\` in
+/// the path, no dot segment, no empty segment but a trailing one. `None` for anything else,
+/// which [`check_target_whole`] then judges (and refuses, or decodes).
+fn plain_path(target: &[u8]) -> Option<&str> {
+    if target.first() != Some(&b'/') {
+        return None;
+    }
+    let mut segment = 1;
+    let mut path_end = target.len();
+    for (i, &b) in target.iter().enumerate().skip(1) {
+        match b {
+            b'/' => {
+                let seg = &target[segment..i];
+                if seg.is_empty() || seg == b"." || seg == b".." {
+                    return None;
+                }
+                segment = i + 1;
+            }
+            b'?' => {
+                path_end = i;
+                break;
+            }
+            b'%' | b'#' | b'\\' => return None,
+            _ if !b.is_ascii_graphic() => return None,
+            _ => {}
+        }
+    }
+    let last = &target[segment..path_end];
+    if last == b"." || last == b".." {
+        return None;
+    }
+    if target[path_end..].iter().any(|b| *b == b'#' || !b.is_ascii_graphic()) {
+        return None;
+    }
+    std::str::from_utf8(&target[..path_end]).ok()
+}
+
+/// [`check_target`], every check in turn: the first that fails names the refusal.
+fn check_target_whole(target: &[u8]) -> Result<Cow<'_, str>, Rejection> {
     if target.first() != Some(&b'/') {
         return Err(bad("the request target must be a path (origin-form)"));
     }
@@ -316,7 +362,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn ordinary_targets_take_the_one_pass_path() {
+        for t in ["/", "/v1/vaults/v-1/balances", "/v1/x/", "/v1?q=%2F#", "/a.b/c..d/.e?x=../y\\z"] {
+            let fast = plain_path(t.as_bytes());
+            if t.contains('#') {
+                assert_eq!(fast, None, "{t}");
+            } else {
+                assert_eq!(fast, Some(t.split('?').next().unwrap()), "{t}");
+            }
+        }
+        for t in ["v1", "/v1//x", "/v1/./x", "/v1/..", "/v1/%76", "/a\\b", "/a b", "/a\u{7f}", "/é"] {
+            assert_eq!(plain_path(t.as_bytes()), None, "{t}");
+        }
+    }
+
     proptest! {
+        /// The one-pass path answers only what the whole check answers the same way.
+        #[test]
+        fn the_one_pass_path_agrees_with_every_check(s in "[/a-zA-Z0-9%.?#\\\\ _~\u{7f}é-]{0,24}") {
+            if let Some(p) = plain_path(s.as_bytes()) {
+                prop_assert_eq!(check_target_whole(s.as_bytes()).ok(), Some(Cow::Borrowed(p)));
+            } else if let Ok(Cow::Borrowed(p)) = check_target_whole(s.as_bytes()) {
+                // Only a path with a (kept) escape is left to the whole check.
+                prop_assert!(p.contains('%'), "{:?} passes but not in one pass", s);
+            }
+        }
+
         /// Whatever passes has no dot segment, empty segment, encoded separator or encoded
         /// unreserved character, and normalizing it again changes nothing.
         #[test]

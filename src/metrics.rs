@@ -958,6 +958,47 @@ pub(crate) mod tests {
         );
     }
 
+    /// The children kept per thread go to the registry and the series they were made
+    /// for: two registries on one snapshot, more label sets than the table has slots.
+    #[test]
+    fn cached_children_count_in_their_own_registry_and_series() {
+        let (m1, snap) = base();
+        let m2 = Metrics::new();
+        m2.on_snapshot(&snap, NOW);
+        let route = "GET /v1/vaults/{vault_id}/balances";
+        let outcomes = [Outcome::Allowed, Outcome::Denied, Outcome::Error, Outcome::ShadowDenied, Outcome::ClientClosed];
+        let statuses = [200, 404, 503, 0, 101, 302];
+        for round in 0..3 {
+            for (i, outcome) in outcomes.iter().enumerate() {
+                for status in statuses {
+                    let mut o = allowed(route, "acme-backend", CredentialKind::ApiKey);
+                    o.outcome = *outcome;
+                    o.status = status;
+                    m1.observe_request(&snap, &o);
+                    if round == 0 || i == 0 {
+                        m2.observe_request(&snap, &o);
+                    }
+                }
+            }
+        }
+        let (t1, t2) = (m1.render_at(NOW), m2.render_at(NOW));
+        for outcome in outcomes {
+            for status in statuses {
+                let series = format!(
+                    r#"portcullis_requests_total{{credential="acme-backend",outcome="{}",route="{route}",status_class="{}"}}"#,
+                    outcome.as_str(),
+                    status_class(status)
+                );
+                assert_eq!(value(&t1, &series), Some(3.0), "{series}\n{t1}");
+                let want = if outcome == Outcome::Allowed { 3.0 } else { 1.0 };
+                assert_eq!(value(&t2, &series), Some(want), "{series}\n{t2}");
+            }
+        }
+        let count = format!(r#"portcullis_request_duration_seconds_count{{route="{route}"}}"#);
+        assert_eq!(value(&t1, &count), Some(90.0));
+        assert_eq!(value(&t2, &count), Some(30.0 + 12.0));
+    }
+
     #[test]
     fn denies_caller_chosen_label_values() {
         let (m, snap) = base();

@@ -237,11 +237,14 @@ fn next_id() -> u64 {
 /// is keyed by the addresses of the label values, which are the [`Labels`]' own strings
 /// (or the static [`NONE`]): unique while those labels live, and the whole table is
 /// emptied when a request comes with other labels (a reload) or another [`Metrics`].
+/// A `requests_total` child's labels: route and credential by address, outcome, status class.
+type RequestKey = (usize, usize, u8, u8);
+
 struct Handles {
     /// ([`Metrics`] id, [`Labels::id`]) the slots belong to.
     epoch: (u64, u64),
     /// `requests_total` by (route, credential, outcome, status class).
-    requests: [Option<((usize, usize, u8, u8), IntCounter)>; 64],
+    requests: [Option<(RequestKey, IntCounter)>; 64],
     /// `request_duration_seconds` by route.
     durations: [Option<(usize, Histogram)>; 16],
 }
@@ -259,10 +262,10 @@ impl Handles {
     }
 
     fn slot(key: usize, bits: u32) -> usize {
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> (usize::BITS - bits)) as usize
+        key.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> (usize::BITS - bits)
     }
 
-    fn request(&mut self, key: (usize, usize, u8, u8), make: impl FnOnce() -> IntCounter) -> &IntCounter {
+    fn request(&mut self, key: RequestKey, make: impl FnOnce() -> IntCounter) -> &IntCounter {
         let mixed = key.0 ^ key.1.rotate_left(29) ^ (usize::from(key.2) << 3 | usize::from(key.3));
         let slot = &mut self.requests[Self::slot(mixed, 6)];
         if !matches!(slot, Some((k, _)) if *k == key) {

@@ -116,9 +116,12 @@ pub struct RequestId(http::HeaderValue);
 impl RequestId {
     pub fn new() -> Self {
         let mut text = [0u8; 32];
-        trace::hex_out(&rand::random::<[u8; 16]>(), &mut text);
-        // Hex digits only: always a valid header value.
-        RequestId(http::HeaderValue::from_bytes(&text).unwrap_or_else(|_| http::HeaderValue::from_static("0")))
+        let mut id = [0u8; 16];
+        trace::random_id(&mut id);
+        trace::hex_out(&id, &mut text);
+        // Hex digits only: always a valid header value. Cut from the thread's block of
+        // values, so that sharing it with the answer costs a count, not a copy.
+        RequestId(pipeline::values::value(&text).unwrap_or_else(|_| http::HeaderValue::from_static("0")))
     }
 
     pub fn as_str(&self) -> &str {
@@ -507,7 +510,9 @@ impl ProxyHttp for Portcullis {
         let req = session.req_header();
         let raw = req.raw_path();
         let path_end = raw.iter().position(|b| *b == b'?').unwrap_or(raw.len());
-        let path = String::from_utf8_lossy(&raw[..path_end]);
+        // Nearly always text: checked at once (word by word), lossily only when it is not.
+        let path = std::str::from_utf8(&raw[..path_end])
+            .map_or_else(|_| String::from_utf8_lossy(&raw[..path_end]), std::borrow::Cow::Borrowed);
         let d = ctx.fate.decision();
         let identity = d.and_then(|d| d.identity.as_ref());
         let shadow = d.and_then(|d| d.shadow_denied.as_ref()).map(|r| r.reason);
@@ -535,6 +540,9 @@ impl ProxyHttp for Portcullis {
             _ => rejection.or(shadow).map(|r| r.code()),
         };
         let latency = ctx.start.elapsed();
+        // One reading of the clock for the audit line's time and the metrics' second.
+        let at = std::time::SystemTime::now();
+        let now = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         // A request pingora refused before `request_filter` still has the caller's trace id.
         let trace_ctx = ctx.trace.unwrap_or_else(|| trace::from_headers(&req.headers));
         if telemetry::audit_enabled() || crate::otlp::enabled() {
@@ -542,7 +550,7 @@ impl ProxyHttp for Portcullis {
                 request_id: ctx.request_id.clone(),
                 client_ip: d.and_then(|d| d.client_ip).or(endpoint_ip),
                 method: req.method.clone(),
-                path: Box::from(path.as_ref()),
+                path: telemetry::AuditPath::from(path.as_ref()),
                 route: d.and_then(|d| d.route.clone()),
                 credential: identity.map(|i| i.credential.clone()).or_else(|| token_client.map(Arc::from)),
                 credential_type: identity.map(|i| i.kind.as_str()).or(token_client.map(|_| "client")),
@@ -553,12 +561,11 @@ impl ProxyHttp for Portcullis {
                 latency,
                 upstream_latency: ctx.upstream_start.map(|t| t.elapsed()),
                 trace_id: trace_ctx.trace_id,
-                at: std::time::SystemTime::now(),
+                at,
             };
             crate::otlp::record(&record, &trace_ctx, latency);
             telemetry::audit(record);
         }
-        let now = unix_now();
         match (&ctx.fate, audited) {
             (Fate::Endpoint { answered: Answered::Issued(client), .. }, _) => self.metrics.token_issued(&ctx.snap, client, now),
             (Fate::Endpoint { answered: Answered::Refused(code), .. }, _) => self.metrics.token_refused(*code),

@@ -5,6 +5,7 @@ pub mod client_ip;
 pub mod rewrite;
 pub mod sanity;
 pub mod trace;
+pub mod values;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -157,7 +157,9 @@ pub fn rewrite(
         h.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     // Every value kept byte for byte (none dropped for not being text), then the peer.
-    let peer_text = IpText::of(peer.to_canonical());
+    let peer = peer.to_canonical();
+    let peer_text = IpText::of(peer);
+    let peer_value = value(peer_text.as_bytes())?;
     let xff = if has.forwarded_for {
         let mut xff: Vec<u8> = Vec::new();
         for v in h.get_all(&X_FORWARDED_FOR) {
@@ -167,7 +169,7 @@ pub fn rewrite(
         xff.extend_from_slice(peer_text.as_bytes());
         HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)).map_err(bad_value)?
     } else {
-        value(peer_text.as_bytes())?
+        peer_value.clone()
     };
     h.insert(X_FORWARDED_FOR, xff);
     if let Some(id) = &permit.identity {
@@ -177,7 +179,9 @@ pub fn rewrite(
             h.insert(X_AUTH_USER, value(u.as_bytes())?);
         }
     }
-    h.insert(X_AUTH_CLIENT_IP, value(IpText::of(permit.client_ip).as_bytes())?);
+    // Without a trusted proxy in front, the client is the peer: its text is shared.
+    let client_ip = if permit.client_ip == peer { peer_value } else { value(IpText::of(permit.client_ip).as_bytes())? };
+    h.insert(X_AUTH_CLIENT_IP, client_ip);
     h.insert(X_AUTH_REQUEST_ID, request_id.header());
     if trace.started {
         if has.tracestate && h.remove(&TRACESTATE).is_some() && note {
@@ -208,8 +212,9 @@ struct Present {
     identity: bool,
 }
 
+/// A header value of this request's, cut from the thread's block of values.
 fn value(bytes: &[u8]) -> pingora::Result<HeaderValue> {
-    HeaderValue::from_bytes(bytes).map_err(bad_value)
+    super::values::value(bytes).map_err(bad_value)
 }
 
 fn bad_value(e: http::header::InvalidHeaderValue) -> Box<pingora::Error> {

@@ -37,13 +37,14 @@ enum Fate {
     /// Refused before the pipeline (the Host check).
     Refused(Rejection),
     /// The pipeline decided; `failed` when forwarding an allowed request failed after.
-    Decided { decision: Decision, failed: Option<Rejection> },
+    /// Boxed: the largest variant by far, and a request forwarded or refused alike has one.
+    Decided { decision: Box<Decision>, failed: Option<Rejection> },
 }
 
 impl Fate {
     fn decision(&self) -> Option<&Decision> {
         match self {
-            Fate::Decided { decision, .. } => Some(decision),
+            Fate::Decided { decision, .. } => Some(&**decision),
             _ => None,
         }
     }
@@ -86,8 +87,26 @@ impl Audited {
     }
 }
 
-/// Per-request state. The snapshot is loaded once, when the request starts.
-pub struct Ctx {
+/// Per-request state, boxed (issue 15): pingora keeps the context in three places of each
+/// request's future and moves that future into its box whole, so the context costs its size
+/// three times over in copies on every request; a pointer costs eight bytes of them.
+pub struct Ctx(Box<State>);
+
+impl std::ops::Deref for Ctx {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ctx {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.0
+    }
+}
+
+/// What [`Ctx`] holds. The snapshot is loaded once, when the request starts.
+pub struct State {
     snap: Arc<Snapshot>,
     request_id: RequestId,
     start: Instant,
@@ -238,7 +257,7 @@ async fn respond_reply(session: &mut Session, reply: &Reply, request_id: &Reques
 
 impl Portcullis {
     /// Answers the token endpoint, the JWKS or the metadata; never forwarded.
-    async fn own_endpoint(&self, session: &mut Session, ctx: &mut Ctx, which: Which, peer: IpAddr) -> Result<bool> {
+    async fn own_endpoint(&self, session: &mut Session, ctx: &mut State, which: Which, peer: IpAddr) -> Result<bool> {
         let mut client_ip = None;
         let reply = match which {
             Which::Jwks => ctx.snap.tokens.as_ref().map(endpoint::jwks),
@@ -272,7 +291,7 @@ impl Portcullis {
         }
     }
 
-    async fn token_request(&self, session: &mut Session, ctx: &Ctx, peer: IpAddr, ip: &mut Option<IpAddr>) -> Reply {
+    async fn token_request(&self, session: &mut Session, ctx: &State, peer: IpAddr, ip: &mut Option<IpAddr>) -> Reply {
         let mut body = Vec::new();
         loop {
             match session.read_request_body().await {
@@ -330,7 +349,7 @@ impl ProxyHttp for Portcullis {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
+        Ctx(Box::new(State {
             snap: self.config.load_full(),
             request_id: RequestId::new(),
             start: Instant::now(),
@@ -340,7 +359,7 @@ impl ProxyHttp for Portcullis {
             client_closed: false,
             client_fault: false,
             trace: None,
-        }
+        }))
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -377,7 +396,7 @@ impl ProxyHttp for Portcullis {
         self.metrics.observe_auth(decision.identity.as_ref().map(|i| i.kind), started.elapsed());
         self.note_use(decision.identity.as_ref(), now);
         let denied = decision.result.as_ref().err().cloned();
-        ctx.fate = Fate::Decided { decision, failed: None };
+        ctx.fate = Fate::Decided { decision: Box::new(decision), failed: None };
         match denied {
             None => Ok(false),
             Some(rej) => {
@@ -417,6 +436,7 @@ impl ProxyHttp for Portcullis {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let ctx: &mut State = ctx;
         let permit: &Permit = match ctx.fate.decision().map(|d| &d.result) {
             Some(Ok(p)) => p,
             _ => return Error::e_explain(InternalError, "no permit for a forwarded request"),

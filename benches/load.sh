@@ -7,6 +7,12 @@
 # audit log off (RUST_LOG=warn) to measure what it costs; LOAD_PIN=1 runs both proxies on
 # CPU 0 and wrk and the upstream on the others (taskset), so that each proxy has one core
 # of its own and its requests/s is what that core affords, whatever the scheduler does.
+# LOAD_TOGETHER=1 (implies LOAD_PIN=1) instead runs each round's plain proxy and portcullis
+# at the same time on the one core, each under its own wrk (half the connections each):
+# the core is shared between them, so a slowdown of the machine during the round hits both
+# alike, and the ratio of their requests/s is the ratio of their costs per request. It
+# prints each round and the median ratios; it says nothing of latency (each proxy waits on
+# the other's turns).
 #
 # On this machine, over loopback only, in one run: a fast upstream
 # (examples/fast_upstream.rs), then wrk against
@@ -79,6 +85,7 @@ api_keys:
 YAML
 
 proxy_cpu=() load_cpu=()
+[ "${LOAD_TOGETHER:-0}" = 1 ] && LOAD_PIN=1
 if [ "${LOAD_PIN:-0}" = 1 ]; then
   proxy_cpu=(taskset -c 0) load_cpu=(taskset -c "1-$(($(nproc) - 1))")
 fi
@@ -121,6 +128,40 @@ run() { # name url pid [header]
   # shared machine does at the time.
   echo "$name $rps $p50 $p99 ${non2xx:-0} $(awk -v d=$((c1 - c0)) -v t="$TICK" -v n="$n" 'BEGIN{printf "%.2f", d / t * 1e6 / n}')"
 }
+if [ "${LOAD_TOGETHER:-0}" = 1 ]; then
+  # together HEADER: one round, both proxies at once; prints plain's and portcullis's req/s
+  # and CPU µs per request.
+  together() {
+    local pa pb ca0 cb0 ca1 cb1 oa ob
+    ca0=$(cpu "$plain_pid") cb0=$(cpu "$pc_pid")
+    "${load_cpu[@]}" wrk -t1 -c$((CONNS / 2)) -d"${SECS}s" -H "$1" "http://$PLAIN$path" > "$work/a" & pa=$!
+    "${load_cpu[@]}" wrk -t1 -c$((CONNS / 2)) -d"${SECS}s" -H "$1" "http://$PC$path" > "$work/b" & pb=$!
+    wait "$pa" "$pb"
+    ca1=$(cpu "$plain_pid") cb1=$(cpu "$pc_pid")
+    awk -v t="$TICK" -v da=$((ca1 - ca0)) -v db=$((cb1 - cb0)) '
+      FNR == 1 { f++ } /Requests\/sec/ { r[f] = $2 } /requests in/ { n[f] = $1 } /Non-2xx/ { bad[f] = $NF }
+      END { printf "%.0f %.0f %.2f %.2f %d\n", r[1], r[2], da / t * 1e6 / n[1], db / t * 1e6 / n[2], bad[1] + bad[2] }' "$work/a" "$work/b"
+  }
+  echo "side by side on one core: wrk -t1 -c$((CONNS / 2)) -d${SECS}s against each proxy at once, proxy threads $PTHREADS, audit ${LOAD_AUDIT:-on}, loopback, $(nproc) cores, $ROUNDS rounds (median), $(date -u +%Y-%m-%dT%H:%MZ)"
+  printf '%-12s %5s %12s %12s %10s %12s %12s %10s\n' mode round "plain req/s" "pc req/s" rps/plain "plain us/req" "pc us/req" cpu/plain
+  for mode in api_key bearer; do
+    if [ "$mode" = api_key ]; then h="x-api-key: $key"; else h="Authorization: Bearer $token"; fi
+    for r in $(seq 1 "$ROUNDS"); do
+      read -r ra rb ca cb bad < <(together "$h")
+      [ "$bad" = 0 ] || { echo "non-2xx answers in a round: $bad" >&2; exit 1; }
+      printf '%-12s %5d %12.0f %12.0f %10.3f %12.2f %12.2f %10.3f\n' "$mode" "$r" "$ra" "$rb" "$(awk -v a="$ra" -v b="$rb" 'BEGIN{print b / a}')" "$ca" "$cb" "$(awk -v a="$ca" -v b="$cb" 'BEGIN{print b / a}')"
+    done
+  done | tee "$work/rounds"
+  awk '
+    function median(list,   n, a, i, j, t) {
+      n = split(list, a, " ")
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    $1 != "mode" { rps[$1] = rps[$1] " " $5; cpu[$1] = cpu[$1] " " $8 }
+    END { for (m in rps) printf "median %-12s rps/plain %.3f  cpu/plain %.3f\n", m, median(rps[m]), median(cpu[m]) }' "$work/rounds" | sort
+  exit 0
+fi
 echo "wrk -t$WTHREADS -c$CONNS -d${SECS}s, proxy threads $PTHREADS, audit ${LOAD_AUDIT:-on}, pinned ${LOAD_PIN:-0}, loopback, $(nproc) cores, $ROUNDS rounds (median), $(date -u +%Y-%m-%dT%H:%MZ)"
 # The plain proxy gets the same request as portcullis in each mode (it forwards the header
 # it does not read), so each ratio is the cost of the checks on the same bytes.

@@ -4,11 +4,13 @@
 # Generates a credentials file with COUNT API keys (and a main config with 10 routes),
 # then reports (1) the wall time of `portcullis check` on it (parse + validate + build the
 # snapshot) and (2) the resident memory of `portcullis serve` once it listens.
-# Loopback only; everything is stopped on exit.
+# Loopback only; everything is stopped on exit. PORTCULLIS_BIN runs another build (an older
+# one, to compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${1:-100000}
 cargo build --quiet --release --bin portcullis
+bin=${PORTCULLIS_BIN:-target/release/portcullis}
 work=$(mktemp -d)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
@@ -17,9 +19,9 @@ port=$((20000 + RANDOM % 20000))
 python3 benches/generate.py "$work" "$COUNT" "$port" file
 size=$(du -h "$work/credentials.yaml" | cut -f1)
 start=$(date +%s.%N)
-target/release/portcullis check --config "$work/portcullis.yaml" >/dev/null
+"$bin" check --config "$work/portcullis.yaml" >/dev/null
 end=$(date +%s.%N)
-target/release/portcullis serve --config "$work/portcullis.yaml" >/dev/null 2>&1 &
+"$bin" serve --config "$work/portcullis.yaml" >/dev/null 2>&1 &
 pid=$!
 for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 sleep 0.5

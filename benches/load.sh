@@ -128,11 +128,18 @@ run() { # name url pid [header]
   # shared machine does at the time.
   echo "$name $rps $p50 $p99 ${non2xx:-0} $(awk -v d=$((c1 - c0)) -v t="$TICK" -v n="$n" 'BEGIN{printf "%.2f", d / t * 1e6 / n}')"
 }
+# MEDIAN: an awk function, the median of a space-separated list of numbers.
+MEDIAN='
+  function median(list,   n, a, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }'
 if [ "${LOAD_TOGETHER:-0}" = 1 ]; then
   # together HEADER: one round, both proxies at once; prints plain's and portcullis's req/s
   # and CPU µs per request.
   together() {
-    local pa pb ca0 cb0 ca1 cb1 oa ob
+    local pa pb ca0 cb0 ca1 cb1
     ca0=$(cpu "$plain_pid") cb0=$(cpu "$pc_pid")
     "${load_cpu[@]}" wrk -t1 -c$((CONNS / 2)) -d"${SECS}s" -H "$1" "http://$PLAIN$path" > "$work/a" & pa=$!
     "${load_cpu[@]}" wrk -t1 -c$((CONNS / 2)) -d"${SECS}s" -H "$1" "http://$PC$path" > "$work/b" & pb=$!
@@ -152,12 +159,7 @@ if [ "${LOAD_TOGETHER:-0}" = 1 ]; then
       printf '%-12s %5d %12.0f %12.0f %10.3f %12.2f %12.2f %10.3f\n' "$mode" "$r" "$ra" "$rb" "$(awk -v a="$ra" -v b="$rb" 'BEGIN{print b / a}')" "$ca" "$cb" "$(awk -v a="$ca" -v b="$cb" 'BEGIN{print b / a}')"
     done
   done | tee "$work/rounds"
-  awk '
-    function median(list,   n, a, i, j, t) {
-      n = split(list, a, " ")
-      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
-      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-    }
+  awk "$MEDIAN"'
     $1 != "mode" { rps[$1] = rps[$1] " " $5; cpu[$1] = cpu[$1] " " $8 }
     END { for (m in rps) printf "median %-12s rps/plain %.3f  cpu/plain %.3f\n", m, median(rps[m]), median(cpu[m]) }' "$work/rounds" | sort
   exit 0
@@ -174,12 +176,7 @@ for _ in $(seq 1 "$ROUNDS"); do
   results+=("$(run portcullis_bearer "http://$PC$path" "$pc_pid" "Authorization: Bearer $token")")
 done
 [ -n "${LOAD_RAW:-}" ] && printf "%s\n" "${results[@]}" >&2
-printf '%s\n' "${results[@]}" | awk '
-  function median(list,   n, a, i, j, t) {
-    n = split(list, a, " ")
-    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-  }
+printf '%s\n' "${results[@]}" | awk "$MEDIAN"'
   { if (!($1 in seen)) { seen[$1] = 1; order[++k] = $1 }
     rps[$1] = rps[$1] " " $2; p50[$1] = p50[$1] " " $3; p99[$1] = p99[$1] " " $4; bad[$1] += $5; cpu[$1] = cpu[$1] " " $6 }
   END {

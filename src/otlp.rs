@@ -99,7 +99,9 @@ pub fn record(r: &AuditRecord, trace: &TraceContext, latency: Duration) {
     let (span_id, parent) = if trace.started {
         (SpanId::from_bytes(trace.parent_id), None)
     } else {
-        (SpanId::from_bytes(rand::random::<[u8; 8]>()), Some(SpanId::from_bytes(trace.parent_id)))
+        let mut id = [0u8; 8];
+        crate::pipeline::trace::random_id(&mut id);
+        (SpanId::from_bytes(id), Some(SpanId::from_bytes(trace.parent_id)))
     };
     let cx = match parent {
         Some(p) => Context::new().with_remote_span_context(SpanContext::new(trace_id, p, TraceFlags::SAMPLED, true, TraceState::default())),

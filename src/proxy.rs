@@ -562,7 +562,7 @@ impl ProxyHttp for Portcullis {
         let latency = ctx.start.elapsed();
         // One reading of the clock for the audit line's time and the metrics' second.
         let at = std::time::SystemTime::now();
-        let now = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let now = crate::config::unix_seconds(at);
         // A request pingora refused before `request_filter` still has the caller's trace id.
         let trace_ctx = ctx.trace.unwrap_or_else(|| trace::from_headers(&req.headers));
         if telemetry::audit_enabled() || crate::otlp::enabled() {

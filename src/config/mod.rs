@@ -264,10 +264,12 @@ pub fn keep_freed_memory_returnable() {
 
 /// Now, as unix seconds.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    unix_seconds(std::time::SystemTime::now())
+}
+
+/// `at` as unix seconds (0 before 1970).
+pub fn unix_seconds(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -159,7 +159,6 @@ pub fn rewrite(
     // Every value kept byte for byte (none dropped for not being text), then the peer.
     let peer = peer.to_canonical();
     let peer_text = IpText::of(peer);
-    let peer_value = value(peer_text.as_bytes())?;
     let xff = if has.forwarded_for {
         let mut xff: Vec<u8> = Vec::new();
         for v in h.get_all(&X_FORWARDED_FOR) {
@@ -169,7 +168,14 @@ pub fn rewrite(
         xff.extend_from_slice(peer_text.as_bytes());
         HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)).map_err(bad_value)?
     } else {
-        peer_value.clone()
+        value(peer_text.as_bytes())?
+    };
+    // Without a trusted proxy in front, the client is the peer and X-Forwarded-For is its
+    // text alone: one value serves both headers.
+    let client_ip = if permit.client_ip == peer && !has.forwarded_for {
+        xff.clone()
+    } else {
+        value(IpText::of(permit.client_ip).as_bytes())?
     };
     h.insert(X_FORWARDED_FOR, xff);
     if let Some(id) = &permit.identity {
@@ -179,8 +185,6 @@ pub fn rewrite(
             h.insert(X_AUTH_USER, value(u.as_bytes())?);
         }
     }
-    // Without a trusted proxy in front, the client is the peer: its text is shared.
-    let client_ip = if permit.client_ip == peer { peer_value } else { value(IpText::of(permit.client_ip).as_bytes())? };
     h.insert(X_AUTH_CLIENT_IP, client_ip);
     h.insert(X_AUTH_REQUEST_ID, request_id.header());
     if trace.started {

@@ -166,10 +166,8 @@ pub fn credentials_from_text(
     // First the fast read: no places, a large file's long lists read on every core at once.
     // Only a valid file keeps its result; anything else is read again the placed way, whole
     // and in order, so every error is the one, and at the line and column, it always was.
-    if let Some(cred_raw) = split::credentials_unplaced(text) {
-        if let Ok(valid) = credentials_from_raw(path, &cred_raw, env, now) {
-            return Ok(valid);
-        }
+    if let Some(Ok(valid)) = split::credentials_unplaced(text, |raw| credentials_from_raw(path, &raw, env, now)) {
+        return Ok(valid);
     }
     credentials_placed(path, text, env, now)
 }
@@ -205,35 +203,27 @@ pub fn credentials_from_raw(
 }
 
 /// Hands the heap's free pages back to the system (glibc's `malloc_trim`): call after a
-/// load. Parsing a large credentials file allocates and frees hundreds of MB in small
-/// pieces between the long-lived snapshot's; glibc keeps those pages resident, so a
-/// 100,000-credential sidecar would otherwise hold ~300 MB for a ~40 MB snapshot.
+/// load, on the thread that loaded. Parsing a large credentials file allocates and frees
+/// hundreds of MB in small pieces between the long-lived snapshot's; glibc keeps those
+/// pages resident, so a 100,000-credential sidecar would otherwise hold ~300 MB for a
+/// ~40 MB snapshot.
 ///
-/// `malloc_trim` does not shrink the top of a thread's arena, and the parse runs on one
-/// thread per core (`split`), whose arenas glibc hands to the next threads it starts:
-/// a short-lived thread per core takes one each and frees a block there, which makes glibc
-/// trim that arena's top (with [`keep_freed_memory_returnable`]'s fixed threshold).
+/// `malloc_trim` hands back free pages inside each arena but not the free top of a
+/// thread's arena, which only a thread using that arena can trim
+/// ([`return_this_threads_heap`]): the threads that read a large file's pieces do so
+/// before they end (`split`), and this does it for the calling thread's.
 pub fn release_freed_memory() {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    let together = Arc::new(std::sync::Barrier::new(n));
-    let pokes: Vec<_> = (0..n)
-        .filter_map(|_| {
-            let together = together.clone();
-            std::thread::Builder::new()
-                .name("trim".into())
-                .spawn(move || {
-                    // Below the mmap threshold (so from the arena), above glibc's 64 KiB
-                    // consolidation threshold (so its free trims).
-                    drop(std::hint::black_box(Vec::<u8>::with_capacity(100 << 10)));
-                    together.wait();
-                })
-                .ok()
-        })
-        .collect();
-    for p in pokes {
-        let _ = p.join();
-    }
+    return_this_threads_heap();
     trim();
+}
+
+/// Makes glibc trim the free top of the calling thread's arena: frees a block there below
+/// the mmap threshold (so from the arena) and above glibc's 64 KiB consolidation threshold
+/// (so that its free consolidates the arena and trims it, with
+/// [`keep_freed_memory_returnable`]'s fixed threshold). Only a thread attached to an arena
+/// can do this, and `malloc_trim` does not.
+pub(crate) fn return_this_threads_heap() {
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(100 << 10)));
 }
 
 #[allow(unsafe_code)]

@@ -25,8 +25,8 @@
 //! column 0 (and the column-0 entries of a list under a bare `key:`), each key once:
 //! anything else at column 0 (a quoted, complex or flow key, a directive, `---`, `...`, a
 //! byte-order mark) or a key given twice refuses the cut.
-use std::io;
 use std::path::Path;
+use std::sync::mpsc;
 use std::thread::{self, ScopedJoinHandle};
 
 use serde::de::DeserializeOwned;
@@ -46,22 +46,36 @@ const MARK: &str = "cut";
 /// file is read.
 const STACK_BYTES: usize = 8 << 20;
 
-/// The credentials file `text` read without places, cut over the cores when it is large;
-/// `None` where it does not parse (the caller reads it again placed, for the errors).
-pub fn credentials_unplaced(text: &str) -> Option<CredentialsRaw> {
+/// The credentials file `text` read without places, cut over the cores when it is large,
+/// and handed to `then`; `None` where it does not parse (the caller reads it again placed,
+/// for the errors). The threads that read the pieces wait until `then` has returned (and
+/// dropped what it was given), then hand back the heap the pieces were read into (issue 15:
+/// RSS at 100,000 keys; see [`super::return_this_threads_heap`]).
+pub fn credentials_unplaced<R>(text: &str, then: impl FnOnce(CredentialsRaw) -> R) -> Option<R> {
     let threads = thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
     let threads = if text.len() >= SPLIT_MIN_BYTES { threads } else { 1 };
-    read_unplaced(text, threads, PIECE_MIN_BYTES)
+    read_unplaced_then(text, threads, PIECE_MIN_BYTES, then)
 }
 
 /// [`credentials_unplaced`] with the cut's figures given: up to `threads` pieces of a list
 /// of at least `piece_min` bytes each (no cut for one thread).
-fn read_unplaced(text: &str, threads: usize, piece_min: usize) -> Option<CredentialsRaw> {
+fn read_unplaced_then<R>(
+    text: &str,
+    threads: usize,
+    piece_min: usize,
+    then: impl FnOnce(CredentialsRaw) -> R,
+) -> Option<R> {
     let _unplaced = Unplaced::enter();
     match (threads >= 2).then(|| plan(text, threads, piece_min)).flatten() {
-        Some(plan) => read_pieces(plan),
-        None => read(text),
+        Some(plan) => read_pieces(plan, then),
+        None => read(text).map(then),
     }
+}
+
+/// [`read_unplaced_then`] that keeps what it read.
+#[cfg(test)]
+fn read_unplaced(text: &str, threads: usize, piece_min: usize) -> Option<CredentialsRaw> {
+    read_unplaced_then(text, threads, piece_min, |raw| raw)
 }
 
 /// One document, parsed as every file is (an empty one refused).
@@ -98,37 +112,78 @@ struct List {
     end: usize,
 }
 
-fn read_pieces(plan: Plan<'_>) -> Option<CredentialsRaw> {
+fn read_pieces<R>(plan: Plan<'_>, then: impl FnOnce(CredentialsRaw) -> R) -> Option<R> {
     let Plan { rest, clients, api_keys } = plan;
     thread::scope(|s| {
         let clients = spawn_pieces::<ClientRaw>(s, clients);
         let api_keys = spawn_pieces::<ApiKeyRaw>(s, api_keys);
         let raw = read::<CredentialsRaw>(&rest);
         drop(rest);
-        let (clients, api_keys) = (joined(clients), joined(api_keys));
-        let mut raw = raw?;
-        if let Some(list) = clients {
-            if !matches!(raw.clients.as_slice(), [c] if c.id == MARK) {
-                return None;
+        let (client_list, api_key_list) = (joined(&clients), joined(&api_keys));
+        let assembled = (|| {
+            let mut raw = raw?;
+            if let Some(list) = client_list {
+                if !matches!(raw.clients.as_slice(), [c] if c.id == MARK) {
+                    return None;
+                }
+                raw.clients = list?;
             }
-            raw.clients = list?;
-        }
-        if let Some(list) = api_keys {
-            if !matches!(raw.api_keys.as_slice(), [k] if k.name == MARK) {
-                return None;
+            if let Some(list) = api_key_list {
+                if !matches!(raw.api_keys.as_slice(), [k] if k.name == MARK) {
+                    return None;
+                }
+                raw.api_keys = list?;
             }
-            raw.api_keys = list?;
-        }
-        Some(raw)
+            Some(raw)
+        })();
+        // Whatever the pieces' threads allocated is freed by now (used by `then`, or
+        // dropped here): let them go, each to hand its heap back, then see how they ended.
+        let out = assembled.map(then);
+        clients.into_iter().for_each(Reader::finish);
+        api_keys.into_iter().for_each(Reader::finish);
+        out
     })
+}
+
+/// A piece read on a thread of its own, which stays until it is let go. glibc trims a
+/// thread's heap only on that thread (when it frees a large block there); the entries are
+/// freed elsewhere, after they have been used, so the thread waits for that first.
+struct Reader<'scope, T> {
+    entries: Option<mpsc::Receiver<Option<Vec<T>>>>,
+    go: Option<mpsc::Sender<()>>,
+    thread: Option<ScopedJoinHandle<'scope, ()>>,
+}
+
+impl<T> Reader<'_, T> {
+    /// Lets the thread go and waits for it; a panic on it goes on here.
+    fn finish(mut self) {
+        drop(self.go.take());
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        }
+    }
 }
 
 /// Starts reading each piece on a thread of its own.
 fn spawn_pieces<'scope, T: DeserializeOwned + Send + 'scope>(
     s: &'scope thread::Scope<'scope, '_>,
     pieces: Vec<Piece<'scope>>,
-) -> Vec<io::Result<ScopedJoinHandle<'scope, Option<Vec<T>>>>> {
-    let spawn = |p| thread::Builder::new().stack_size(STACK_BYTES).spawn_scoped(s, move || read_piece::<T>(p));
+) -> Vec<Reader<'scope, T>> {
+    let spawn = |p| {
+        let (sent, entries) = mpsc::sync_channel(1);
+        let (go, let_go) = mpsc::channel::<()>();
+        let thread = thread::Builder::new().stack_size(STACK_BYTES).spawn_scoped(s, move || {
+            let _ = sent.send(read_piece::<T>(p));
+            // Until the reader is let go (its sender dropped): the entries are freed by then.
+            let _ = let_go.recv();
+            super::return_this_threads_heap();
+        });
+        // A thread that could not start reads nothing: its piece fails.
+        match thread {
+            Ok(t) => Reader { entries: Some(entries), go: Some(go), thread: Some(t) },
+            Err(_) => Reader { entries: None, go: None, thread: None },
+        }
+    };
     pieces.into_iter().map(spawn).collect()
 }
 
@@ -140,14 +195,14 @@ fn read_piece<T: DeserializeOwned>(piece: Piece<'_>) -> Option<Vec<T>> {
 }
 
 /// The pieces' entries end to end: `None` for a list not cut, `Some(None)` if a piece failed
-/// (or its thread could not start).
-fn joined<T>(pieces: Vec<io::Result<ScopedJoinHandle<'_, Option<Vec<T>>>>>) -> Option<Option<Vec<T>>> {
+/// (or its thread could not start, or panicked: [`Reader::finish`] says so).
+fn joined<T>(pieces: &[Reader<'_, T>]) -> Option<Option<Vec<T>>> {
     if pieces.is_empty() {
         return None;
     }
     let mut all: Option<Vec<T>> = Some(Vec::new());
     for piece in pieces {
-        let piece = piece.ok().and_then(|p| p.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        let piece = piece.entries.as_ref().and_then(|e| e.recv().ok().flatten());
         all = match (all, piece) {
             (Some(a), Some(p)) if a.is_empty() => Some(p),
             (Some(mut a), Some(mut p)) => {

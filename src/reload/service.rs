@@ -118,6 +118,9 @@ impl BackgroundService for ReloadService {
                     watch = self.reloader.watch_set();
                     watcher.update(&watch.dirs);
                 }
+                // A replaced snapshot freed: it was built on this thread, in whose heap
+                // only this thread can trim its pages (glibc).
+                _ = self.reloader.freed().notified() => config::release_freed_memory(),
                 _ = poll.tick() => {
                     self.reloader.check(Trigger::Poll);
                     watch = self.reloader.watch_set();

@@ -45,6 +45,8 @@ const MARK: &str = "cut";
 /// The stack of a thread reading a piece: that of a process's main thread, where a whole
 /// file is read.
 const STACK_BYTES: usize = 8 << 20;
+/// The name of a thread reading a piece (as `top -H` shows it).
+const READER_NAME: &str = "cred-read";
 
 /// The credentials file `text` read without places, cut over the cores when it is large,
 /// and handed to `then`; `None` where it does not parse (the caller reads it again placed,
@@ -172,7 +174,7 @@ fn spawn_pieces<'scope, T: DeserializeOwned + Send + 'scope>(
     let spawn = |p| {
         let (sent, entries) = mpsc::sync_channel(1);
         let (go, let_go) = mpsc::channel::<()>();
-        let thread = thread::Builder::new().stack_size(STACK_BYTES).spawn_scoped(s, move || {
+        let thread = thread::Builder::new().name(READER_NAME.into()).stack_size(STACK_BYTES).spawn_scoped(s, move || {
             let _ = sent.send(read_piece::<T>(p));
             // Until the reader is let go (its sender dropped): the entries are freed by then.
             let _ = let_go.recv();
@@ -469,6 +471,34 @@ mod tests {
         for f in &files {
             assert_cut_reads_as_whole(f);
         }
+    }
+
+    /// The threads that read the pieces are still there while the entries are used (so
+    /// that they free their heap after), and gone once the read returns.
+    #[test]
+    fn the_pieces_threads_wait_for_the_entries_to_be_used() {
+        #[cfg(target_os = "linux")]
+        fn readers() -> usize {
+            let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|comm| comm.trim_end() == READER_NAME)
+                .count()
+        }
+        #[cfg(not(target_os = "linux"))]
+        fn readers() -> usize {
+            usize::MAX
+        }
+        let text = format!("api_keys:\n{}{}{}{}", key("a", 1), key("b", 2), key("c", 3), key("d", 4));
+        let seen = read_unplaced_then(&text, 4, 1, |raw| {
+            // Long enough for a thread that did not wait to have ended.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            (raw.api_keys.len(), readers())
+        });
+        let (entries, readers_then) = seen.expect("the file reads");
+        assert_eq!(entries, 4);
+        // Other tests may be reading too: at least this read's four.
+        assert!(readers_then >= 4, "{readers_then} piece threads while the entries were used");
     }
 
     #[test]

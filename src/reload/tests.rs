@@ -454,3 +454,22 @@ fn names_the_first_hop_of_a_kubernetes_style_symlink() {
         "{set:?}"
     );
 }
+
+/// A reload that replaces the snapshot frees the old one once nothing uses it, and then
+/// tells the reload service (which trims its thread's heap, where that snapshot was built).
+#[test]
+fn reloader_tells_when_a_replaced_snapshot_is_freed() {
+    let f = Fixture::new(MAIN, &creds(&[key_entry("a", "key-a", "\"balances:read\"", "2099-01-01")]));
+    let r = Reloader::new(f.path(), f.shared.clone(), |_: &ReloadResult| {});
+    // A request still holding the snapshot in force.
+    let held = f.shared.load_full();
+    let weak = Arc::downgrade(&held);
+    f.write("credentials.yaml", &creds(&[key_entry("b", "key-b", "\"balances:read\"", "2099-01-01")]));
+    assert!(matches!(r.reload(Trigger::Manual), ReloadResult::Applied { .. }));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let told = |within| rt.block_on(async { tokio::time::timeout(within, r.freed().notified()).await.is_ok() });
+    assert!(!told(Duration::from_millis(300)), "told while a request holds the old snapshot");
+    drop(held);
+    assert!(told(Duration::from_secs(5)), "not told once the old snapshot was let go");
+    assert!(weak.upgrade().is_none(), "the old snapshot is freed");
+}

@@ -224,10 +224,5 @@ fn keep_startup_settings(running: &Settings, new: &mut Settings) -> Vec<&'static
     kept
 }
 
-// ---------------------------------------------------------------------------------
-// The diff: what changed, by name.
-
-/// One credential whose entry changed, and which of its fields did (names only).
-
 #[cfg(test)]
 mod tests;

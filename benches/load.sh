@@ -3,6 +3,8 @@
 #
 # Environment: LOAD_PROXY_THREADS (default 1): worker threads of both proxies, the plain one
 # and portcullis (`threads:`), so that they are compared at the same thread count;
+# LOAD_WORK_STEALING (1 or 0; default: each proxy's default, stealing with more than one
+# thread) sets pingora's work stealing for both;
 # LOAD_WRK_THREADS (default 2); LOAD_BASE_PORT (default 18000); LOAD_AUDIT=off turns the
 # audit log off (RUST_LOG=warn) to measure what it costs; LOAD_PIN=1 runs both proxies on
 # CPU 0 and wrk and the upstream on the others (taskset), so that each proxy has one core
@@ -60,6 +62,7 @@ upstream: "$UP"
 admin_listen: "$ADMIN"
 environment: production
 threads: $PTHREADS
+$([ -n "${LOAD_WORK_STEALING:-}" ] && { [ "$LOAD_WORK_STEALING" = 0 ] && echo "work_stealing: false" || echo "work_stealing: true"; })
 credentials_file: credentials.yaml
 tokens:
   issuer: "https://load.test"
@@ -90,7 +93,7 @@ if [ "${LOAD_PIN:-0}" = 1 ]; then
   proxy_cpu=(taskset -c 0) load_cpu=(taskset -c "1-$(($(nproc) - 1))")
 fi
 "${load_cpu[@]}" target/release/examples/fast_upstream "$UP" 2>/dev/null & pids+=($!); up_pid=$!
-"${proxy_cpu[@]}" target/release/examples/plain_proxy "$PLAIN" "$UP" "$PTHREADS" >/dev/null 2>&1 & pids+=($!); plain_pid=$!
+PLAIN_WORK_STEALING=${LOAD_WORK_STEALING:-} "${proxy_cpu[@]}" target/release/examples/plain_proxy "$PLAIN" "$UP" "$PTHREADS" >/dev/null 2>&1 & pids+=($!); plain_pid=$!
 if [ "${LOAD_AUDIT:-on}" = off ]; then
   RUST_LOG=warn "${proxy_cpu[@]}" "$bin" serve --config "$work/portcullis.yaml" >/dev/null 2>&1 & pids+=($!)
 else

@@ -226,6 +226,7 @@ fn serve(path: PathBuf, log_format: portcullis::telemetry::LogFormat, otlp_endpo
 
     let conf = ServerConf {
         threads: shared.load().settings.threads,
+        work_stealing: shared.load().settings.work_stealing,
         grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()

@@ -193,6 +193,12 @@ pub struct MainRaw {
     /// Fixed at start: a change needs a restart.
     #[serde(default)]
     pub threads: Option<At<usize>>,
+    /// Whether the worker threads take over each other's waiting work (pingora's
+    /// `work_stealing`, tokio's multi-threaded scheduler). Default: off with one thread
+    /// (nothing to take from, and the single-threaded scheduler costs less a request), on
+    /// with more. Fixed at start: a change needs a restart.
+    #[serde(default)]
+    pub work_stealing: Option<bool>,
     /// Seconds to wait for the upstream's response (default 30); 504 after.
     #[serde(default)]
     pub upstream_timeout: Option<At<f64>>,

@@ -173,6 +173,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         management,
         store,
         threads,
+        work_stealing,
         metrics,
     } = raw;
     let mut ok = true;
@@ -275,6 +276,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         management,
         store: store?,
         threads,
+        work_stealing: work_stealing.unwrap_or(threads > 1),
         per_credential_metrics: metrics.as_ref().and_then(|m| m.per_credential),
         listen: listen.to_string(),
         admin_listen,
@@ -1025,6 +1027,26 @@ mod management_tests {
         assert_eq!(s.unwrap().threads, std::thread::available_parallelism().map_or(1, |n| n.get()));
         let (_, errs) = settings_of("threads: 0\n");
         assert!(errs.iter().any(|e| e.message.contains("threads must be") && e.line == Some(3)), "{errs:?}");
+    }
+
+    #[test]
+    fn steals_work_by_default_only_with_more_than_one_thread() {
+        for (yaml, steals) in [
+            ("threads: 1\n", false),
+            ("threads: 2\n", true),
+            ("threads: 1\nwork_stealing: true\n", true),
+            ("threads: 4\nwork_stealing: false\n", false),
+        ] {
+            let (s, errs) = settings_of(yaml);
+            assert!(errs.is_empty(), "{errs:?}");
+            assert_eq!(s.unwrap().work_stealing, steals, "{yaml}");
+        }
+        let (s, _) = settings_of("");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(s.unwrap().work_stealing, cores > 1);
+        let text = "listen: \"127.0.0.1:1\"\nupstream: \"127.0.0.1:2\"\nwork_stealing: sometimes\n";
+        let refused = crate::config::parse::<MainRaw>(Path::new("portcullis.yaml"), text).err().expect("a non-boolean is refused");
+        assert_eq!(refused.line, Some(3), "{refused:?}");
     }
 
     #[test]

@@ -70,6 +70,7 @@ mod tests {
             management: None,
             store: Default::default(),
             threads: 1,
+            work_stealing: false,
             per_credential_metrics: None,
         }
     }

@@ -145,6 +145,7 @@ fn diff_settings(old: &Settings, new: &Settings) -> Vec<&'static str> {
         management,
         store,
         threads,
+        work_stealing,
         per_credential_metrics,
     } = old;
     let mut changed = Vec::new();
@@ -173,6 +174,7 @@ fn diff_settings(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check(*credentials_file != new.credentials_file, "credentials_file");
     check(*store != new.store, "store");
     check(*threads != new.threads, "threads");
+    check(*work_stealing != new.work_stealing, "work_stealing");
     check(*per_credential_metrics != new.per_credential_metrics, "metrics.per_credential");
     check(management_differs(management.as_ref(), new.management.as_ref()), "management");
     changed

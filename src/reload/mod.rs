@@ -196,6 +196,10 @@ fn keep_startup_settings(running: &Settings, new: &mut Settings) -> Vec<&'static
         new.threads = running.threads;
         kept.push("threads");
     }
+    if new.work_stealing != running.work_stealing {
+        new.work_stealing = running.work_stealing;
+        kept.push("work_stealing");
+    }
     if new.shutdown_grace != running.shutdown_grace {
         new.shutdown_grace = running.shutdown_grace;
         kept.push("shutdown_grace");

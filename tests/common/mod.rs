@@ -29,10 +29,22 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------
 // Ports, keys, hashes
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bind :0, read, drop).
+/// A TCP port on 127.0.0.1 that was free a moment ago (bind :0, read, drop), and not
+/// handed to another test of this binary before: the kernel may give a port back soon
+/// after it is dropped, and two sidecars of tests running at once, given one port (one's
+/// proxy, the other's admin listener), would fight over it (a token test once got the
+/// admin listener's 404 from its proxy's port).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local_addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// `sha256:<64 lowercase hex>` of the whole key string, as `key_hash` stores it.
@@ -123,12 +135,14 @@ pub fn write_config(main_yaml: &str, credentials_yaml: &str) -> tempfile::TempDi
 }
 
 /// The head of a main config: listen and admin ports chosen here, the upstream
-/// given, sandbox, `credentials.yaml` beside it. Tests append their own fields
-/// (`routes`, `trusted_proxies`, `upstream_timeout`, …).
+/// given, sandbox, `credentials.yaml` beside it, one worker thread (a sidecar's usual
+/// setting, and so the single-threaded scheduler that comes with it: the tests that write
+/// their own configs run one thread per core, with work stealing). Tests append their own
+/// fields (`routes`, `trusted_proxies`, `upstream_timeout`, …).
 pub fn main_head(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
     format!(
         "listen: \"{listen}\"\nupstream: \"{upstream}\"\nadmin_listen: \"{admin}\"\n\
-         environment: sandbox\ncredentials_file: credentials.yaml\n"
+         environment: sandbox\ncredentials_file: credentials.yaml\nthreads: 1\n"
     )
 }
 

@@ -3,8 +3,8 @@
 #
 # Environment: LOAD_PROXY_THREADS (default 1): worker threads of both proxies, the plain one
 # and portcullis (`threads:`), so that they are compared at the same thread count;
-# LOAD_WORK_STEALING (1 or 0; default: each proxy's default, stealing with more than one
-# thread) sets pingora's work stealing for both;
+# LOAD_WORK_STEALING (1 or 0; default: the proxies' default, off) sets pingora's work
+# stealing for both;
 # LOAD_WRK_THREADS (default 2); LOAD_BASE_PORT (default 18000); LOAD_AUDIT=off turns the
 # audit log off (RUST_LOG=warn) to measure what it costs; LOAD_PIN=1 runs both proxies on
 # CPU 0 and wrk and the upstream on the others (taskset), so that each proxy has one core

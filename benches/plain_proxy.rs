@@ -47,12 +47,12 @@ fn main() {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let conf = ServerConf {
         threads,
-        // portcullis's default (steal with more than one thread), or as PLAIN_WORK_STEALING
-        // (1 or 0) says, as benches/load.sh's LOAD_WORK_STEALING sets both.
+        // portcullis's default (no stealing), or as PLAIN_WORK_STEALING (1 or 0) says, as
+        // benches/load.sh's LOAD_WORK_STEALING sets both.
         work_stealing: std::env::var("PLAIN_WORK_STEALING")
             .ok()
             .filter(|v| !v.is_empty())
-            .map_or(threads > 1, |v| v != "0"),
+            .is_some_and(|v| v != "0"),
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()

@@ -315,7 +315,8 @@ fn forwards_allowed_request_with_identity_headers_and_strips_the_rest() {
 
 #[test]
 fn forwards_user_linked_key_with_the_users_roles() {
-    let fx = Fx::start();
+    // With pingora's work stealing on (the multi-threaded scheduler; off by default).
+    let fx = Fx::start_with(None, "upstream_timeout: 10\nwork_stealing: true\n");
     // alice has role wallets: balances:read org-wide.
     let echo = fx.get_ok("/v1/vaults/v-9/balances", &fx.k.alice);
     assert_eq!(echo.one("x-auth-credential"), "k-alice");

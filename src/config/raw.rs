@@ -194,9 +194,10 @@ pub struct MainRaw {
     #[serde(default)]
     pub threads: Option<At<usize>>,
     /// Whether the worker threads take over each other's waiting work (pingora's
-    /// `work_stealing`, tokio's multi-threaded scheduler). Default: off with one thread
-    /// (nothing to take from, and the single-threaded scheduler costs less a request), on
-    /// with more. Fixed at start: a change needs a restart.
+    /// `work_stealing`, tokio's multi-threaded scheduler). Default off: each thread runs
+    /// its own single-threaded scheduler and keeps the connections it accepted, as Envoy's
+    /// and nginx's workers do (BENCHMARKS.md: ~10% less CPU a request with one thread, ~40%
+    /// with two on two busy cores). Fixed at start: a change needs a restart.
     #[serde(default)]
     pub work_stealing: Option<bool>,
     /// Seconds to wait for the upstream's response (default 30); 504 after.

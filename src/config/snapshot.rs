@@ -67,7 +67,7 @@ pub struct Settings {
     pub store: StoreSettings,
     /// The proxy's worker threads (default one per CPU core).
     pub threads: usize,
-    /// Whether the worker threads steal work (default: with more than one).
+    /// Whether the worker threads steal work (default no).
     pub work_stealing: bool,
     /// `metrics.per_credential`; `None`: by the number of credentials.
     pub per_credential_metrics: Option<bool>,

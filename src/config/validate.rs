@@ -276,7 +276,7 @@ pub fn settings(raw: &MainRaw, base: &Path, sink: &mut Sink<'_>, files: &mut Gat
         management,
         store: store?,
         threads,
-        work_stealing: work_stealing.unwrap_or(threads > 1),
+        work_stealing: work_stealing.unwrap_or(false),
         per_credential_metrics: metrics.as_ref().and_then(|m| m.per_credential),
         listen: listen.to_string(),
         admin_listen,
@@ -1030,20 +1030,19 @@ mod management_tests {
     }
 
     #[test]
-    fn steals_work_by_default_only_with_more_than_one_thread() {
+    fn steals_work_only_when_told() {
         for (yaml, steals) in [
+            ("", false),
             ("threads: 1\n", false),
-            ("threads: 2\n", true),
+            ("threads: 2\n", false),
             ("threads: 1\nwork_stealing: true\n", true),
+            ("threads: 4\nwork_stealing: true\n", true),
             ("threads: 4\nwork_stealing: false\n", false),
         ] {
             let (s, errs) = settings_of(yaml);
             assert!(errs.is_empty(), "{errs:?}");
             assert_eq!(s.unwrap().work_stealing, steals, "{yaml}");
         }
-        let (s, _) = settings_of("");
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(s.unwrap().work_stealing, cores > 1);
         let text = "listen: \"127.0.0.1:1\"\nupstream: \"127.0.0.1:2\"\nwork_stealing: sometimes\n";
         let refused = crate::config::parse::<MainRaw>(Path::new("portcullis.yaml"), text).err().expect("a non-boolean is refused");
         assert_eq!(refused.line, Some(3), "{refused:?}");

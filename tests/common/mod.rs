@@ -136,9 +136,8 @@ pub fn write_config(main_yaml: &str, credentials_yaml: &str) -> tempfile::TempDi
 
 /// The head of a main config: listen and admin ports chosen here, the upstream
 /// given, sandbox, `credentials.yaml` beside it, one worker thread (a sidecar's usual
-/// setting, and so the single-threaded scheduler that comes with it: the tests that write
-/// their own configs run one thread per core, with work stealing). Tests append their own
-/// fields (`routes`, `trusted_proxies`, `upstream_timeout`, …).
+/// setting; the tests that write their own configs run one thread per core). Tests append
+/// their own fields (`routes`, `trusted_proxies`, `upstream_timeout`, …).
 pub fn main_head(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
     format!(
         "listen: \"{listen}\"\nupstream: \"{upstream}\"\nadmin_listen: \"{admin}\"\n\

@@ -1044,7 +1044,7 @@ mod management_tests {
             assert_eq!(s.unwrap().work_stealing, steals, "{yaml}");
         }
         let text = "listen: \"127.0.0.1:1\"\nupstream: \"127.0.0.1:2\"\nwork_stealing: sometimes\n";
-        let refused = crate::config::parse::<MainRaw>(Path::new("portcullis.yaml"), text).err().expect("a non-boolean is refused");
+        let refused = crate::config::parse::<MainRaw>(Path::new("portcullis.yaml"), text).expect_err("a non-boolean is refused");
         assert_eq!(refused.line, Some(3), "{refused:?}");
     }
 

@@ -67,10 +67,10 @@ fn read_unplaced_then<R>(
     piece_min: usize,
     then: impl FnOnce(CredentialsRaw) -> R,
 ) -> Option<R> {
-    let _unplaced = Unplaced::enter();
     match (threads >= 2).then(|| plan(text, threads, piece_min)).flatten() {
         Some(plan) => read_pieces(plan, then),
-        None => read(text).map(then),
+        // `then` runs placed as ever: only the reading skips places.
+        None => read_without_places(text).map(then),
     }
 }
 
@@ -83,6 +83,12 @@ fn read_unplaced(text: &str, threads: usize, piece_min: usize) -> Option<Credent
 /// One document, parsed as every file is (an empty one refused).
 fn read<T: DeserializeOwned>(text: &str) -> Option<T> {
     super::parse(Path::new(""), text).ok()
+}
+
+/// [`read`] without places ([`Unplaced`], on this thread while it reads).
+fn read_without_places<T: DeserializeOwned>(text: &str) -> Option<T> {
+    let _unplaced = Unplaced::enter();
+    read(text)
 }
 
 /// How a file is cut: the rest of the document, and the pieces of each cut list in order
@@ -119,7 +125,7 @@ fn read_pieces<R>(plan: Plan<'_>, then: impl FnOnce(CredentialsRaw) -> R) -> Opt
     thread::scope(|s| {
         let clients = spawn_pieces::<ClientRaw>(s, clients);
         let api_keys = spawn_pieces::<ApiKeyRaw>(s, api_keys);
-        let raw = read::<CredentialsRaw>(&rest);
+        let raw = read_without_places::<CredentialsRaw>(&rest);
         drop(rest);
         let (client_list, api_key_list) = (joined(&clients), joined(&api_keys));
         let assembled = (|| {
@@ -176,6 +182,7 @@ fn spawn_pieces<'scope, T: DeserializeOwned + Send + 'scope>(
         let (go, let_go) = mpsc::channel::<()>();
         let thread = thread::Builder::new().name(READER_NAME.into()).stack_size(STACK_BYTES).spawn_scoped(s, move || {
             let _ = sent.send(read_piece::<T>(p));
+            drop(sent);
             // Until the reader is let go (its sender dropped): the entries are freed by then.
             let _ = let_go.recv();
             super::return_this_threads_heap();
@@ -191,8 +198,7 @@ fn spawn_pieces<'scope, T: DeserializeOwned + Send + 'scope>(
 
 /// One piece's entries, or `None` when it fails or holds other than its count of entries.
 fn read_piece<T: DeserializeOwned>(piece: Piece<'_>) -> Option<Vec<T>> {
-    let _unplaced = Unplaced::enter();
-    let list: Vec<T> = read(piece.text)?;
+    let list: Vec<T> = read_without_places(piece.text)?;
     (list.len() == piece.entries).then_some(list)
 }
 
@@ -474,20 +480,16 @@ mod tests {
     }
 
     /// The threads that read the pieces are still there while the entries are used (so
-    /// that they free their heap after), and gone once the read returns.
+    /// that they free their heap after).
     #[test]
+    #[cfg(target_os = "linux")]
     fn the_pieces_threads_wait_for_the_entries_to_be_used() {
-        #[cfg(target_os = "linux")]
         fn readers() -> usize {
             let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
             tasks
                 .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
                 .filter(|comm| comm.trim_end() == READER_NAME)
                 .count()
-        }
-        #[cfg(not(target_os = "linux"))]
-        fn readers() -> usize {
-            usize::MAX
         }
         let text = format!("api_keys:\n{}{}{}{}", key("a", 1), key("b", 2), key("c", 3), key("d", 4));
         let seen = read_unplaced_then(&text, 4, 1, |raw| {

@@ -26,7 +26,7 @@ pub struct Reloader {
     observer: Observer,
     state: Mutex<State>,
     /// Told when a replaced snapshot has been freed (on a thread of its own): the reload
-    /// service then trims the heap of its thread, where that snapshot was built.
+    /// service then trims the heap of its thread, where a reload builds its snapshot.
     freed: Arc<tokio::sync::Notify>,
 }
 
@@ -59,7 +59,9 @@ impl Reloader {
         }
     }
 
-    /// Notified each time a snapshot this reloader replaced has been freed.
+    /// Notified each time a snapshot this reloader replaced has been freed by its release
+    /// thread (not when a request outlived the wait and freed it: see
+    /// [`release_when_unused`]).
     pub fn freed(&self) -> &tokio::sync::Notify {
         &self.freed
     }
@@ -257,16 +259,18 @@ pub(super) fn relevance(event: &notify::Result<notify::Event>, watch: &WatchSet)
 /// How long the replaced snapshot's release waits for the requests still using it.
 const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Frees `snap` once the requests that began with it are done, then trims the heap and
-/// tells `freed`, on a thread of its own so that the next reload never waits for them. Freed by the last such
-/// request, after the reload's own trim, its memory stayed resident until the next reload
-/// (RSS after reloads of 100,000 credentials under load: 122.8 MB, with this 84–89 MB). The
-/// wait is bounded (a WebSocket can hold a snapshot for hours); past it, or if no thread
-/// can start, whoever holds the snapshot last frees it. glibc trims the free top of a
-/// thread's heap only on a thread using it: a snapshot a reload built sits in the reload
-/// thread's, which the service trims when told (RSS after reloads of 100,000 credentials:
-/// 76 MB, the replaced snapshot's pages kept; with this 51 MB).
-fn release_when_unused(
+/// Frees `snap` once the requests that began with it are done and tells `freed`, on a
+/// thread of its own so that the next reload never waits for them. The wait is bounded (a
+/// WebSocket can hold a snapshot for hours); past it, or if no thread can start, whoever
+/// holds the snapshot last frees it, and nobody is told.
+///
+/// Why a thread and a signal (issue 15, RSS after reloads of 100,000 credentials): freed
+/// by the last request, after the reload's own trim, a snapshot stayed resident until the
+/// next reload (122.8 MB; 84–89 MB once freed here and trimmed). And glibc trims the free
+/// top of a thread's heap only on a thread using it: a snapshot a reload built sits in the
+/// reload service's thread's heap, which that service trims when told (76 MB before, 52–64
+/// MB with it).
+pub(super) fn release_when_unused(
     snap: std::sync::Arc<config::Snapshot>,
     within: std::time::Duration,
     freed: Arc<tokio::sync::Notify>,
@@ -276,9 +280,11 @@ fn release_when_unused(
         while std::sync::Arc::strong_count(&snap) > 1 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        drop(snap);
-        config::release_freed_memory();
-        freed.notify_one();
+        // Freed here only if this is the last holder; else by whoever is, later.
+        if let Some(last) = std::sync::Arc::into_inner(snap) {
+            drop(last);
+            freed.notify_one();
+        }
     });
 }
 

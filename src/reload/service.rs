@@ -118,8 +118,9 @@ impl BackgroundService for ReloadService {
                     watch = self.reloader.watch_set();
                     watcher.update(&watch.dirs);
                 }
-                // A replaced snapshot freed: it was built on this thread, in whose heap
-                // only this thread can trim its pages (glibc).
+                // A replaced snapshot freed: a reload built it on this thread (the first
+                // one, at start, on the main thread), and only this thread can trim the
+                // free top of its heap (glibc); `malloc_trim` does the rest.
                 _ = self.reloader.freed().notified() => config::release_freed_memory(),
                 _ = poll.tick() => {
                     self.reloader.check(Trigger::Poll);

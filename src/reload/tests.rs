@@ -455,21 +455,44 @@ fn names_the_first_hop_of_a_kubernetes_style_symlink() {
     );
 }
 
-/// A reload that replaces the snapshot frees the old one once nothing uses it, and then
-/// tells the reload service (which trims its thread's heap, where that snapshot was built).
+/// A reload that replaces the snapshot has the old one freed, and the reload service told.
 #[test]
 fn reloader_tells_when_a_replaced_snapshot_is_freed() {
     let f = Fixture::new(MAIN, &creds(&[key_entry("a", "key-a", "\"balances:read\"", "2099-01-01")]));
     let r = Reloader::new(f.path(), f.shared.clone(), |_: &ReloadResult| {});
-    // A request still holding the snapshot in force.
-    let held = f.shared.load_full();
-    let weak = Arc::downgrade(&held);
+    let old = Arc::downgrade(&f.shared.load_full());
     f.write("credentials.yaml", &creds(&[key_entry("b", "key-b", "\"balances:read\"", "2099-01-01")]));
     assert!(matches!(r.reload(Trigger::Manual), ReloadResult::Applied { .. }));
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-    let told = |within| rt.block_on(async { tokio::time::timeout(within, r.freed().notified()).await.is_ok() });
-    assert!(!told(Duration::from_millis(300)), "told while a request holds the old snapshot");
+    let told = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), r.freed().notified()).await.is_ok() });
+    assert!(told, "not told of the replaced snapshot's release");
+    assert!(old.upgrade().is_none(), "the replaced snapshot is freed");
+}
+
+/// The release waits for the requests still holding the snapshot, frees it after the last
+/// lets go and only then tells; past its wait it leaves the snapshot to its last holder and
+/// tells nobody.
+#[test]
+fn a_replaced_snapshot_is_freed_after_its_last_request_and_only_then_told() {
+    let f = Fixture::new(MAIN, &creds(&[key_entry("a", "key-a", "\"balances:read\"", "2099-01-01")]));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let told = |freed: &tokio::sync::Notify, within| {
+        rt.block_on(async { tokio::time::timeout(within, freed.notified()).await.is_ok() })
+    };
+    let freed = Arc::new(tokio::sync::Notify::new());
+    let held = Arc::new(f.load());
+    let weak = Arc::downgrade(&held);
+    reloader::release_when_unused(held.clone(), Duration::from_secs(60), freed.clone());
+    assert!(!told(&freed, Duration::from_millis(300)), "told while a request holds the snapshot");
+    assert!(weak.upgrade().is_some());
     drop(held);
-    assert!(told(Duration::from_secs(5)), "not told once the old snapshot was let go");
-    assert!(weak.upgrade().is_none(), "the old snapshot is freed");
+    assert!(told(&freed, Duration::from_secs(10)), "not told once the last request let go");
+    assert!(weak.upgrade().is_none(), "the snapshot is freed");
+
+    // Past the wait, still held: not freed there, nobody told.
+    let freed = Arc::new(tokio::sync::Notify::new());
+    let held = Arc::new(f.load());
+    reloader::release_when_unused(held.clone(), Duration::from_millis(50), freed.clone());
+    assert!(!told(&freed, Duration::from_millis(500)), "told though the snapshot is still held");
+    assert_eq!(Arc::strong_count(&held), 1, "the release let go of its reference");
 }

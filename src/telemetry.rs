@@ -81,25 +81,21 @@ pub struct AuditRecord {
 /// allocates it, the writer thread frees it, and glibc makes such a free cost several
 /// times a local one).
 pub enum AuditPath {
-    Inline { len: u8, bytes: [u8; AuditPath::INLINE] },
+    Inline(arrayvec::ArrayString<AUDIT_PATH_INLINE>),
     Heap(Box<str>),
 }
 
+/// The longest path an [`AuditPath`] holds inline.
+const AUDIT_PATH_INLINE: usize = 96;
+
 impl AuditPath {
     /// The longest path held inline.
-    pub const INLINE: usize = 96;
+    pub const INLINE: usize = AUDIT_PATH_INLINE;
 }
 
 impl From<&str> for AuditPath {
     fn from(path: &str) -> Self {
-        match u8::try_from(path.len()) {
-            Ok(len) if path.len() <= Self::INLINE => {
-                let mut bytes = [0u8; Self::INLINE];
-                bytes[..path.len()].copy_from_slice(path.as_bytes());
-                AuditPath::Inline { len, bytes }
-            }
-            _ => AuditPath::Heap(Box::from(path)),
-        }
+        arrayvec::ArrayString::from(path).map_or_else(|_| AuditPath::Heap(Box::from(path)), AuditPath::Inline)
     }
 }
 
@@ -113,8 +109,7 @@ impl std::ops::Deref for AuditPath {
     type Target = str;
     fn deref(&self) -> &str {
         match self {
-            // Whole UTF-8 text, copied from a `&str`: never the empty fallback.
-            AuditPath::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or(""),
+            AuditPath::Inline(p) => p,
             AuditPath::Heap(p) => p,
         }
     }
@@ -459,7 +454,7 @@ mod tests {
         for p in ["", "/", "/v1/vaults/v-1/balances", "/ü/€", at_the_edge.as_str(), over.as_str()] {
             let held = AuditPath::from(p);
             assert_eq!(&*held, p);
-            assert_eq!(matches!(held, AuditPath::Inline { .. }), p.len() <= AuditPath::INLINE, "{p}");
+            assert_eq!(matches!(held, AuditPath::Inline(_)), p.len() <= AuditPath::INLINE, "{p}");
         }
         assert_eq!(at_the_edge.len(), AuditPath::INLINE);
     }

@@ -49,10 +49,7 @@ fn main() {
         threads,
         // portcullis's default (no stealing), or as PLAIN_WORK_STEALING (1 or 0) says, as
         // benches/load.sh's LOAD_WORK_STEALING sets both.
-        work_stealing: std::env::var("PLAIN_WORK_STEALING")
-            .ok()
-            .filter(|v| !v.is_empty())
-            .is_some_and(|v| v != "0"),
+        work_stealing: std::env::var("PLAIN_WORK_STEALING").is_ok_and(|v| v == "1"),
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()

@@ -147,8 +147,8 @@ fn read_pieces<R>(plan: Plan<'_>, then: impl FnOnce(CredentialsRaw) -> R) -> Opt
         // Whatever the pieces' threads allocated is freed by now (used by `then`, or
         // dropped here): let them go, each to hand its heap back, then see how they ended.
         let out = assembled.map(then);
-        clients.into_iter().for_each(Reader::finish);
-        api_keys.into_iter().for_each(Reader::finish);
+        clients.into_iter().flatten().for_each(Reader::finish);
+        api_keys.into_iter().flatten().for_each(Reader::finish);
         out
     })
 }
@@ -157,26 +157,24 @@ fn read_pieces<R>(plan: Plan<'_>, then: impl FnOnce(CredentialsRaw) -> R) -> Opt
 /// thread's heap only on that thread (when it frees a large block there); the entries are
 /// freed elsewhere, after they have been used, so the thread waits for that first.
 struct Reader<'scope, T> {
-    entries: Option<mpsc::Receiver<Option<Vec<T>>>>,
-    go: Option<mpsc::Sender<()>>,
-    thread: Option<ScopedJoinHandle<'scope, ()>>,
+    entries: mpsc::Receiver<Option<Vec<T>>>,
+    go: mpsc::Sender<()>,
+    thread: ScopedJoinHandle<'scope, ()>,
 }
 
 impl<T> Reader<'_, T> {
     /// Lets the thread go and waits for it; a panic on it goes on here.
-    fn finish(mut self) {
-        drop(self.go.take());
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        }
+    fn finish(self) {
+        drop(self.go);
+        self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     }
 }
 
-/// Starts reading each piece on a thread of its own.
+/// Starts reading each piece on a thread of its own (`None` where one could not start).
 fn spawn_pieces<'scope, T: DeserializeOwned + Send + 'scope>(
     s: &'scope thread::Scope<'scope, '_>,
     pieces: Vec<Piece<'scope>>,
-) -> Vec<Reader<'scope, T>> {
+) -> Vec<Option<Reader<'scope, T>>> {
     let spawn = |p| {
         let (sent, entries) = mpsc::sync_channel(1);
         let (go, let_go) = mpsc::channel::<()>();
@@ -188,10 +186,7 @@ fn spawn_pieces<'scope, T: DeserializeOwned + Send + 'scope>(
             super::return_this_threads_heap();
         });
         // A thread that could not start reads nothing: its piece fails.
-        match thread {
-            Ok(t) => Reader { entries: Some(entries), go: Some(go), thread: Some(t) },
-            Err(_) => Reader { entries: None, go: None, thread: None },
-        }
+        thread.ok().map(|thread| Reader { entries, go, thread })
     };
     pieces.into_iter().map(spawn).collect()
 }
@@ -204,13 +199,13 @@ fn read_piece<T: DeserializeOwned>(piece: Piece<'_>) -> Option<Vec<T>> {
 
 /// The pieces' entries end to end: `None` for a list not cut, `Some(None)` if a piece failed
 /// (or its thread could not start, or panicked: [`Reader::finish`] says so).
-fn joined<T>(pieces: &[Reader<'_, T>]) -> Option<Option<Vec<T>>> {
+fn joined<T>(pieces: &[Option<Reader<'_, T>>]) -> Option<Option<Vec<T>>> {
     if pieces.is_empty() {
         return None;
     }
     let mut all: Option<Vec<T>> = Some(Vec::new());
     for piece in pieces {
-        let piece = piece.entries.as_ref().and_then(|e| e.recv().ok().flatten());
+        let piece = piece.as_ref().and_then(|r| r.entries.recv().ok().flatten());
         all = match (all, piece) {
             (Some(a), Some(p)) if a.is_empty() => Some(p),
             (Some(mut a), Some(mut p)) => {

@@ -455,6 +455,12 @@ fn names_the_first_hop_of_a_kubernetes_style_symlink() {
     );
 }
 
+/// Whether `freed` is notified within `within`.
+fn told(freed: &tokio::sync::Notify, within: Duration) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async { tokio::time::timeout(within, freed.notified()).await.is_ok() })
+}
+
 /// A reload that replaces the snapshot has the old one freed, and the reload service told.
 #[test]
 fn reloader_tells_when_a_replaced_snapshot_is_freed() {
@@ -463,9 +469,7 @@ fn reloader_tells_when_a_replaced_snapshot_is_freed() {
     let old = Arc::downgrade(&f.shared.load_full());
     f.write("credentials.yaml", &creds(&[key_entry("b", "key-b", "\"balances:read\"", "2099-01-01")]));
     assert!(matches!(r.reload(Trigger::Manual), ReloadResult::Applied { .. }));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-    let told = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), r.freed().notified()).await.is_ok() });
-    assert!(told, "not told of the replaced snapshot's release");
+    assert!(told(r.freed(), Duration::from_secs(10)), "not told of the replaced snapshot's release");
     assert!(old.upgrade().is_none(), "the replaced snapshot is freed");
 }
 
@@ -475,10 +479,6 @@ fn reloader_tells_when_a_replaced_snapshot_is_freed() {
 #[test]
 fn a_replaced_snapshot_is_freed_after_its_last_request_and_only_then_told() {
     let f = Fixture::new(MAIN, &creds(&[key_entry("a", "key-a", "\"balances:read\"", "2099-01-01")]));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-    let told = |freed: &tokio::sync::Notify, within| {
-        rt.block_on(async { tokio::time::timeout(within, freed.notified()).await.is_ok() })
-    };
     let freed = Arc::new(tokio::sync::Notify::new());
     let held = Arc::new(f.load());
     let weak = Arc::downgrade(&held);

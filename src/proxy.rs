@@ -119,6 +119,9 @@ pub struct State {
     client_fault: bool,
     /// The W3C trace context, read (or started) when the request's head is in.
     trace: Option<TraceContext>,
+    /// The TCP peer, read once in `request_filter` (the rewrite appends it to
+    /// X-Forwarded-For).
+    peer: IpAddr,
 }
 
 /// A random 128-bit request id, as 32 hex digits.
@@ -182,6 +185,28 @@ fn add_request_id(resp: &mut ResponseHeader, id: &RequestId) -> Result<()> {
         resp.set_reason_phrase(reason.as_deref())?;
     }
     Ok(())
+}
+
+/// Drops the caller's spellings of its header names from the request's head once it is
+/// to be forwarded (issue 15). pingora keeps them in a second map beside the headers, to
+/// write a head back with the names as they came; it clones that map into the upstream's
+/// copy of the head, which [`pipeline::rewrite::rewrite`] then drops unread (the upstream
+/// gets canonical names), and nothing reads the caller's head's map but that clone. A
+/// request-target the URI does not reproduce byte for byte (absolute-form, say) is kept.
+fn drop_header_case(session: &mut Session) {
+    let req = session.req_header_mut();
+    if !req.has_case() {
+        return;
+    }
+    let from_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let raw_target = (req.raw_path() != from_uri.as_bytes()).then(|| req.raw_path().to_vec());
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let parts: http::request::Parts = std::mem::replace(req, placeholder).into();
+    *req = RequestHeader::from(parts);
+    if let Some(raw) = raw_target {
+        // The bytes came from this head: setting them back cannot fail.
+        let _ = req.set_raw_path(&raw);
+    }
 }
 
 fn peer_ip(session: &Session) -> IpAddr {
@@ -359,11 +384,13 @@ impl ProxyHttp for Portcullis {
             client_closed: false,
             client_fault: false,
             trace: None,
+            peer: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         }))
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let peer = peer_ip(session);
+        ctx.peer = peer;
         let line_target = request_line_target(session);
         let req = session.req_header();
         ctx.trace = Some(trace::from_headers(&req.headers));
@@ -372,14 +399,17 @@ impl ProxyHttp for Portcullis {
         // `/oauth/%74oken` must not slip past the token endpoint to the upstream. CONNECT
         // and malformed targets go to `decide`, which refuses them.
         let checked = if req.method != http::Method::CONNECT { pipeline::sanity::check_target(target).ok() } else { None };
+        // The rare paths' futures are boxed on their own (issue 15): held inline, their
+        // states (the token endpoint's above all) made this function's future, which
+        // pingora boxes for every request, several KiB to allocate and copy.
         if let Some(path) = &checked {
             if let Some(which) = endpoint::which(&ctx.snap, &req.method, path.as_bytes()) {
-                return self.own_endpoint(session, ctx, which, peer).await;
+                return Box::pin(self.own_endpoint(session, ctx, which, peer)).await;
             }
         }
         // RFC 9112 §3.2: one well-formed Host, required on HTTP/1.1 (SPEC §5 step 2).
         if let Err(rej) = pipeline::sanity::check_host(&req.headers, req.version == http::Version::HTTP_11) {
-            respond(session, &rej, &ctx.request_id).await?;
+            Box::pin(respond(session, &rej, &ctx.request_id)).await?;
             ctx.fate = Fate::Refused(rej);
             return Ok(true);
         }
@@ -398,9 +428,12 @@ impl ProxyHttp for Portcullis {
         let denied = decision.result.as_ref().err().cloned();
         ctx.fate = Fate::Decided { decision: Box::new(decision), failed: None };
         match denied {
-            None => Ok(false),
+            None => {
+                drop_header_case(session);
+                Ok(false)
+            }
             Some(rej) => {
-                respond(session, &rej, &ctx.request_id).await?;
+                Box::pin(respond(session, &rej, &ctx.request_id)).await?;
                 Ok(true)
             }
         }
@@ -447,7 +480,7 @@ impl ProxyHttp for Portcullis {
         }
         let trace = *ctx.trace.get_or_insert_with(|| trace::from_headers(&session.req_header().headers));
         let note = tracing::enabled!(tracing::Level::DEBUG);
-        let stripped = pipeline::rewrite::rewrite(upstream_request, permit, &ctx.request_id, peer_ip(session), &trace, note)?;
+        let stripped = pipeline::rewrite::rewrite(upstream_request, permit, &ctx.request_id, ctx.peer, &trace, note)?;
         if !stripped.is_empty() {
             tracing::debug!(request_id = %ctx.request_id, headers = ?stripped, "removed caller-sent headers");
         }

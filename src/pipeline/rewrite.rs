@@ -37,10 +37,6 @@ pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent"
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub(crate) const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-/// The most headers [`rewrite`] adds: forwarded-for, four or five identity headers,
-/// `traceparent`, `connection`.
-const ADDED: usize = 8;
-
 /// Rewrites `req` for the upstream. When `note` is set, returns the names of caller-sent
 /// headers it removed (for a debug line), never their values; otherwise an empty list
 /// (nothing allocated for it). Fails closed: if an identity header cannot be set, the
@@ -152,7 +148,14 @@ pub fn rewrite(
     if !permit.upgrade && has.upgrade {
         strip(h, &http::header::UPGRADE);
     }
-    h.try_reserve(ADDED).map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "too many headers"))?;
+    // Room for exactly what is added below, made once: a map one size too large here is
+    // twice the entries to allocate (sized to powers of two).
+    let added = 3
+        + usize::from(upgrade)
+        + permit.identity.as_ref().map_or(0, |id| 2 + usize::from(id.user.is_some()))
+        + usize::from(trace.started);
+    h.try_reserve(added).map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "too many headers"))?;
+    let room_for = h.len() + added;
     if upgrade {
         h.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -193,6 +196,7 @@ pub fn rewrite(
         }
         h.insert(TRACEPARENT, trace.header());
     }
+    debug_assert!(parts.headers.len() <= room_for, "the rewrite added more headers than it made room for");
     *req = RequestHeader::from(parts);
     if let Some(raw) = raw_target {
         req.set_raw_path(&raw)?;

@@ -420,10 +420,11 @@ impl ProxyHttp for Portcullis {
             peer,
             checked_path: checked.as_ref(),
         };
-        let started = Instant::now();
         let now = unix_now();
         let decision = pipeline::decide(&ctx.snap, &view, now);
-        self.metrics.observe_auth(decision.identity.as_ref().map(|i| i.kind), started.elapsed());
+        // From the head's arrival (the context is made then) to the decision: the checks
+        // of the target, Host and headers are part of it, and no second clock reading.
+        self.metrics.observe_auth(decision.identity.as_ref().map(|i| i.kind), ctx.start.elapsed());
         self.note_use(decision.identity.as_ref(), now);
         let denied = decision.result.as_ref().err().cloned();
         ctx.fate = Fate::Decided { decision: Box::new(decision), failed: None };
@@ -592,7 +593,9 @@ impl ProxyHttp for Portcullis {
             Fate::Endpoint { answered: Answered::Refused(code), .. } => Some(code.as_str()),
             _ => rejection.or(shadow).map(|r| r.code()),
         };
-        let latency = ctx.start.elapsed();
+        // One monotonic reading for both latencies.
+        let ended = Instant::now();
+        let latency = ended.saturating_duration_since(ctx.start);
         // One reading of the clock for the audit line's time and the metrics' second.
         let at = std::time::SystemTime::now();
         let now = crate::config::unix_seconds(at);
@@ -612,7 +615,7 @@ impl ProxyHttp for Portcullis {
                 reason,
                 status,
                 latency,
-                upstream_latency: ctx.upstream_start.map(|t| t.elapsed()),
+                upstream_latency: ctx.upstream_start.map(|t| ended.saturating_duration_since(t)),
                 trace_id: trace_ctx.trace_id,
                 at,
             };

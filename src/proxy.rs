@@ -193,6 +193,7 @@ fn add_request_id(resp: &mut ResponseHeader, id: &RequestId) -> Result<()> {
 /// copy of the head, which [`pipeline::rewrite::rewrite`] then drops unread (the upstream
 /// gets canonical names), and nothing reads the caller's head's map but that clone. A
 /// request-target the URI does not reproduce byte for byte (absolute-form, say) is kept.
+/// (`send_end_stream`, which only an HTTP/2 head carries, is not: this head is HTTP/1.)
 fn drop_header_case(session: &mut Session) {
     let req = session.req_header_mut();
     if !req.has_case() {
@@ -205,7 +206,8 @@ fn drop_header_case(session: &mut Session) {
     *req = RequestHeader::from(parts);
     if let Some(raw) = raw_target {
         // The bytes came from this head: setting them back cannot fail.
-        let _ = req.set_raw_path(&raw);
+        let restored = req.set_raw_path(&raw);
+        debug_assert!(restored.is_ok(), "the head's own target was refused");
     }
 }
 

@@ -199,11 +199,8 @@ fn drop_header_case(session: &mut Session) {
     if !req.has_case() {
         return;
     }
-    let from_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let raw_target = (req.raw_path() != from_uri.as_bytes()).then(|| req.raw_path().to_vec());
-    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
-    let parts: http::request::Parts = std::mem::replace(req, placeholder).into();
-    *req = RequestHeader::from(parts);
+    let raw_target = pipeline::rewrite::verbatim_target(req);
+    *req = RequestHeader::from(pipeline::rewrite::take_parts(req));
     if let Some(raw) = raw_target {
         // The bytes came from this head: setting them back cannot fail.
         let restored = req.set_raw_path(&raw);

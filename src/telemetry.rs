@@ -47,19 +47,15 @@ pub fn init_logging_as(format: LogFormat) {
         _ => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     if installed.is_ok() {
-        let on = tracing::enabled!(target: "audit", tracing::Level::INFO);
-        AUDIT_ON.store(if on { AUDIT_YES } else { AUDIT_NO }, std::sync::atomic::Ordering::Relaxed);
+        let _ = AUDIT_ON.set(tracing::enabled!(target: "audit", tracing::Level::INFO));
     }
 }
 
 /// Whether the subscriber [`init_logging_as`] installed takes audit lines, judged once
 /// there: its filter is fixed from then on, and asking it costs a lookup of the current
-/// dispatcher and a walk of the filter's directives, twice a request (issue 15).
-/// [`AUDIT_UNKNOWN`] (another subscriber, as in tests) asks every time.
-static AUDIT_ON: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(AUDIT_UNKNOWN);
-const AUDIT_UNKNOWN: u8 = 0;
-const AUDIT_YES: u8 = 1;
-const AUDIT_NO: u8 = 2;
+/// dispatcher and a walk of the filter's directives, twice a request (issue 15). Unset
+/// (another subscriber, as in tests): asked every time.
+static AUDIT_ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 /// One decision, as written to the audit log. Holds no secret by construction: the
 /// path is logged without its query, and credentials appear by name only.
@@ -131,10 +127,9 @@ impl std::ops::Deref for AuditPath {
 /// Whether audit lines are written (the `audit` target; `RUST_LOG` can silence it like any
 /// target): a caller need not build a record that would be dropped.
 pub fn audit_enabled() -> bool {
-    match AUDIT_ON.load(std::sync::atomic::Ordering::Relaxed) {
-        AUDIT_YES => true,
-        AUDIT_NO => false,
-        _ => tracing::enabled!(target: "audit", tracing::Level::INFO),
+    match AUDIT_ON.get() {
+        Some(on) => *on,
+        None => tracing::enabled!(target: "audit", tracing::Level::INFO),
     }
 }
 

@@ -61,16 +61,11 @@ pub fn rewrite(
     note: bool,
 ) -> pingora::Result<Vec<String>> {
     let send_end_stream = req.send_end_stream();
-    // A target the URI does not reproduce byte for byte (absolute-form, say) is kept.
     let raw_target = match &permit.normalized_target {
         Some(_) => None,
-        None => {
-            let from_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
-            (req.raw_path() != from_uri.as_bytes()).then(|| req.raw_path().to_vec())
-        }
+        None => verbatim_target(req),
     };
-    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
-    let mut parts: http::request::Parts = std::mem::replace(req, placeholder).into();
+    let mut parts = take_parts(req);
     if let Some(t) = &permit.normalized_target {
         parts.uri = http::Uri::try_from(t.as_str()).map_err(|e| {
             pingora::Error::explain(pingora::ErrorType::InternalError, format!("normalized target: {e}"))
@@ -155,7 +150,7 @@ pub fn rewrite(
         + permit.identity.as_ref().map_or(0, |id| 2 + usize::from(id.user.is_some()))
         + usize::from(trace.started);
     h.try_reserve(added).map_err(|_| pingora::Error::explain(pingora::ErrorType::InternalError, "too many headers"))?;
-    let room_for = h.len() + added;
+    let room_for = h.keys_len() + added;
     if upgrade {
         h.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -196,7 +191,7 @@ pub fn rewrite(
         }
         h.insert(TRACEPARENT, trace.header());
     }
-    debug_assert!(parts.headers.len() <= room_for, "the rewrite added more headers than it made room for");
+    debug_assert!(parts.headers.keys_len() <= room_for, "the rewrite added more headers than it made room for");
     *req = RequestHeader::from(parts);
     if let Some(raw) = raw_target {
         req.set_raw_path(&raw)?;
@@ -205,6 +200,22 @@ pub fn rewrite(
         req.set_send_end_stream(end);
     }
     Ok(stripped)
+}
+
+/// The head's request-target when its URI does not reproduce it byte for byte
+/// (absolute-form, say): a head rebuilt from [`take_parts`] gets it back with
+/// `set_raw_path`.
+pub(crate) fn verbatim_target(req: &RequestHeader) -> Option<Vec<u8>> {
+    let from_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    (req.raw_path() != from_uri.as_bytes()).then(|| req.raw_path().to_vec())
+}
+
+/// Takes the head apart into plain [`http::request::Parts`], leaving an empty head in its
+/// place: pingora's map of header-name spellings and a verbatim target do not come along
+/// ([`verbatim_target`] keeps the latter).
+pub(crate) fn take_parts(req: &mut RequestHeader) -> http::request::Parts {
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    std::mem::replace(req, placeholder).into()
 }
 
 /// Which of the names [`rewrite`] removes or reads the request has.
